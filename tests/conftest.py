@@ -1,0 +1,43 @@
+"""Shared fixtures: where the reference material lives, the golden vectors of the official code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# CI clones the project with shared/ beside it; a developer checkout sits at the same place.
+REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+
+
+def golden_path() -> Path:
+    """The golden file: $VARIANTTRAIN_GOLDEN when set, else the official-code vectors in shared/reference."""
+    return Path(os.environ.get("VARIANTTRAIN_GOLDEN", REFERENCE_DIR / "var" / "golden_small.pt"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.fail(f"reference material not found at {REFERENCE_DIR}: clone the project next to shared/")
+    return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    """The golden vectors (format: shared/reference/var/GOLDEN.md). Missing file = failure, never a skip."""
+    path = golden_path()
+    if not path.is_file():
+        pytest.fail(f"golden file {path} not found; set VARIANTTRAIN_GOLDEN or place shared/ next to the repo")
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_defaults():
+    """Keep tests independent: restore default dtype and thread count after each test."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
