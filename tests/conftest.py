@@ -41,3 +41,19 @@ def _restore_torch_defaults():
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def golden_models(golden):
+    """(vqvae, var) built from the golden file's stored build arguments, weights loaded strictly, eval mode."""
+    from varianttrain.models.official_args import var_config_from_official
+    from varianttrain.models.var import VAR
+    from varianttrain.models.vqvae import VQVAE, VQVAEConfig
+
+    vae_cfg = VQVAEConfig.from_official_kwargs(golden["vae_build_args"])
+    vqvae = VQVAE(vae_cfg).freeze()
+    vqvae.load_state_dict(golden["vae_state_dict"], strict=True)
+    var_cfg = var_config_from_official(golden["var_build_args"], vae_cfg.vocab_size, vae_cfg.z_channels)
+    var = VAR(var_cfg).eval()
+    var.load_state_dict(golden["var_state_dict"], strict=True)
+    return vqvae, var

@@ -1,0 +1,1 @@
+"""Model definitions: the VQVAE tokenizer and the elastic-depth VAR transformer."""

@@ -1,0 +1,53 @@
+"""Sampling settings and the two ImageNet protocols in circulation (shared/reference/anchors/ANCHORS.md §0.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How tokens are drawn from the guided logits.
+
+    Classifier-free guidance follows the official ramp: at scale k the logits are (1 + t) cond - t uncond with
+    t = cfg * k / (K - 1), so guidance is 0 at the first scale and `cfg` at the last.
+    """
+
+    cfg: float = 1.5  # guidance strength reached at the last scale
+    top_k: int = 900  # keep logits >= the k-th largest (ties kept); 0 disables
+    top_p: float = 0.96  # nucleus on the top-k-filtered logits; 0 disables
+    temperature: tuple[float, ...] = ()  # per-scale temperature for scales 0, 1, ...; missing entries are 1.0
+    more_smooth: bool = False  # Gumbel-softmax code smoothing (visualisation only, never for FID)
+    autocast_dtype: str = "bfloat16"  # compute dtype on GPU ('bfloat16', 'float16' or 'float32'); CPU runs float32
+
+    def __post_init__(self):
+        if self.cfg < 0:
+            raise ValueError(f"sampling.cfg must be >= 0, got {self.cfg}")
+        if self.top_k < 0:
+            raise ValueError(f"sampling.top_k must be >= 0 (0 disables), got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"sampling.top_p must be in [0, 1] (0 disables), got {self.top_p}")
+        if any(t <= 0 for t in self.temperature):
+            raise ValueError(f"sampling.temperature entries must be > 0, got {self.temperature}")
+        if self.autocast_dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"sampling.autocast_dtype must be bfloat16, float16 or float32, got {self.autocast_dtype}")
+
+    def temperature_at(self, scale: int) -> float:
+        return self.temperature[scale] if scale < len(self.temperature) else 1.0
+
+    @classmethod
+    def official(cls) -> SamplingConfig:
+        """FoundationVision/VAR README FID protocol: cfg 1.5 ramp, top-k 900, top-p 0.96."""
+        return cls(cfg=1.5, top_k=900, top_p=0.96)
+
+    @classmethod
+    def code(cls) -> SamplingConfig:
+        """CoDe / VARiant protocol: cfg 1.5 ramp, top-k 600, top-p 0.96, temperature 1.1 on the first 7 scales."""
+        return cls(cfg=1.5, top_k=600, top_p=0.96, temperature=(1.1,) * 7)
+
+    @classmethod
+    def preset(cls, name: str) -> SamplingConfig:
+        presets = {"official": cls.official, "code": cls.code, "variant": cls.code}
+        if name not in presets:
+            raise ValueError(f"unknown sampling protocol {name!r}; choose one of {sorted(presets)}")
+        return presets[name]()

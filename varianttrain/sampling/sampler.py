@@ -1,0 +1,189 @@
+"""The one KV-cached next-scale sampling loop; acceleration methods plug in as `SamplingMethod` strategies.
+
+Per scale k: the method says which blocks run for which tokens (a `ScalePlan`), the model runs them with KV
+caching, the head gives logits, guidance is applied with the official ramp, tokens are drawn with top-k/top-p,
+and the VQ map f_hat is updated through the quantizer's Phi convs (VAR_NOTES.md §4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from varianttrain.models.depth_plan import FULL_SCALE, DepthPlan, ScalePlan
+from varianttrain.models.var import VAR, ScaleStepStats
+from varianttrain.sampling.config import SamplingConfig
+from varianttrain.sampling.filtering import top_k_top_p_filter_
+from varianttrain.sampling.rng import TokenRNG
+
+
+@dataclass
+class SamplingContext:
+    """What a method may look at when a sampling call starts."""
+
+    var: VAR
+    vqvae: torch.nn.Module
+    num_images: int
+    device: torch.device
+    sampling: SamplingConfig
+
+
+class SamplingMethod:
+    """Strategy interface: the default implementation is the unmodified model (every block, every token)."""
+
+    name = "full"
+
+    def begin(self, ctx: SamplingContext) -> None:
+        """Called once per sampling call, before scale 0 (reset per-call state here)."""
+
+    def scale_plan(self, scale: int) -> ScalePlan:
+        """Which blocks run for which tokens at `scale`."""
+        return FULL_SCALE
+
+    def kv_capacity_plan(self) -> DepthPlan | None:
+        """A static plan to size the KV caches with (None: full length, grown if needed)."""
+        return None
+
+    block_hook = None  # optional BlockHook (see varianttrain.models.var); set by methods that need one
+
+    def before_head(self, scale: int, x_BlC: torch.Tensor) -> torch.Tensor:
+        """Last chance to change the hidden states of `scale` before the head (DepthVAR's restoration)."""
+        return x_BlC
+
+    def on_guided_logits(self, scale: int, logits_BlV: torch.Tensor) -> None:
+        """Sees the guided logits before filtering (do not modify; clone to keep)."""
+
+    def code_weights(self, scale: int) -> torch.Tensor | None:
+        """Optional (B, n) weights applied to the sampled code vectors before Phi (DepthVAR's blending)."""
+        return None
+
+
+class StaticPlanMethod(SamplingMethod):
+    """A fixed `DepthPlan`: the full model, a VARiant subnet, early exit."""
+
+    def __init__(self, plan: DepthPlan, name: str = "static"):
+        self.plan = plan
+        self.name = name
+
+    def begin(self, ctx: SamplingContext) -> None:
+        if self.plan.depth != ctx.var.depth or self.plan.patch_nums != ctx.var.patch_nums:
+            raise ValueError(f"plan for depth {self.plan.depth} / patch_nums {self.plan.patch_nums} does not fit "
+                             f"the model ({ctx.var.config.describe()})")
+
+    def scale_plan(self, scale: int) -> ScalePlan:
+        return self.plan.scales[scale]
+
+    def kv_capacity_plan(self) -> DepthPlan | None:
+        return self.plan
+
+
+@dataclass
+class SampleOutput:
+    """Result of one sampling call."""
+
+    images_B3HW: torch.Tensor | None  # in [0, 1], None when decoding was skipped
+    idx_Bl: list[torch.Tensor]  # sampled token indices per scale
+    f_hat_BCvhw: torch.Tensor  # final VQ feature map (decoder input)
+    stats: list[ScaleStepStats] = field(default_factory=list)  # per scale: what the transformer executed
+    kv_cache_bytes: int = 0  # bytes allocated for KV caches (all blocks)
+    raw_logits: list[torch.Tensor] = field(default_factory=list)  # per scale (rows, n, V), when recorded
+    guided_logits: list[torch.Tensor] = field(default_factory=list)  # per scale (B, n, V), when recorded
+
+    @property
+    def flops(self) -> int:
+        return sum(s.flops.total for s in self.stats)
+
+
+def _autocast(device: torch.device, dtype_name: str):
+    if device.type != "cuda" or dtype_name == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=getattr(torch, dtype_name))
+
+
+@torch.no_grad()
+def generate(var: VAR, vqvae: torch.nn.Module, label_B: torch.Tensor, sampling: SamplingConfig, rng: TokenRNG,
+             method: SamplingMethod | None = None, decode: bool = True, record_logits: bool = False) -> SampleOutput:
+    """Class-conditional next-scale sampling with classifier-free guidance.
+
+    Args:
+        label_B: class labels (B,), int64 on the model's device.
+        rng: token draws (`TokenRNG.per_image(seeds)` for batch-independent results).
+        method: acceleration strategy; None is the full model.
+        decode: run the VQVAE decoder (False for model-only latency).
+        record_logits: keep raw and guided logits per scale (tests, analysis).
+    """
+    method = method or SamplingMethod()
+    device = label_B.device
+    B, K = label_B.shape[0], len(var.patch_nums)
+    quantize = vqvae.quantize
+    Cv = var.Cvae
+    latent = var.patch_nums[-1]
+    method.begin(SamplingContext(var=var, vqvae=vqvae, num_images=B, device=device, sampling=sampling))
+
+    out_idx: list[torch.Tensor] = []
+    stats: list[ScaleStepStats] = []
+    raw_logits, guided_logits = [], []
+    with _autocast(device, sampling.autocast_dtype):
+        labels_2B = torch.cat((label_B, torch.full_like(label_B, var.num_classes)))
+        cond_2BD = var.class_emb(labels_2B)
+        modulations = var.block_modulations(cond_2BD)
+        caches = var.new_kv_caches(method.kv_capacity_plan())
+        x_BlC = var.start_tokens(cond_2BD)
+        f_hat = torch.zeros(B, Cv, latent, latent, device=device, dtype=torch.float32)
+        rows = 2 * B
+        for k, pn in enumerate(var.patch_nums):
+            scale_plan = method.scale_plan(k)
+            if not scale_plan.guidance and rows == 2 * B:
+                rows = B  # drop the unconditional branch from here on (StageVAR)
+                x_BlC = x_BlC[:B]
+                for cache in caches:
+                    cache.keep_rows(B)
+            elif scale_plan.guidance and rows == B:
+                raise ValueError(f"scale {k}: guidance cannot be re-enabled once the unconditional branch is dropped")
+            step = ScaleStepStats()
+            x_BlC = var.forward_scale(x_BlC, modulations, scale_plan, caches, hook=method.block_hook, stats=step)
+            x_BlC = method.before_head(k, x_BlC)
+            logits_BlV = var.logits(x_BlC, cond_2BD[:rows])
+            step.flops.add_head(rows, pn * pn, var.C, var.V)
+            if rows == 2 * B:
+                t = sampling.cfg * k / max(K - 1, 1)
+                guided_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
+            else:
+                guided_BlV = logits_BlV
+            if record_logits:
+                raw_logits.append(logits_BlV.clone())
+                guided_logits.append(guided_BlV.clone())
+            method.on_guided_logits(k, guided_BlV)
+            temperature = sampling.temperature_at(k)
+            filtered = guided_BlV / temperature if temperature != 1.0 else guided_BlV.clone()
+            top_k_top_p_filter_(filtered, sampling.top_k, sampling.top_p)
+            idx_Bl = rng.multinomial(filtered.softmax(dim=-1))
+            out_idx.append(idx_Bl)
+            codebook_VCv = quantize.embedding.weight
+            if sampling.more_smooth:
+                # Visualisation path of the official sampler: Gumbel-softmax mixture of codes (the token draw above
+                # still happens first, so the generator advances identically).
+                ratio = k / max(K - 1, 1)
+                tau = max(0.27 * (1 - ratio * 0.95), 0.005)
+                soft = ((filtered * (1 + ratio) + rng.gumbel(filtered)) / tau).softmax(dim=-1)
+                h_BlCv = soft @ codebook_VCv.unsqueeze(0)
+            else:
+                h_BlCv = codebook_VCv[idx_Bl]
+            weights = method.code_weights(k)
+            if weights is not None:
+                h_BlCv = h_BlCv * weights.to(h_BlCv.dtype).unsqueeze(-1)
+            h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, Cv, pn, pn).float()
+            f_hat, next_BCvhw = quantize.get_next_autoregressive_input(k, K, f_hat, h_BCvhw)
+            stats.append(step)
+            if k + 1 < K:
+                next_pn = var.patch_nums[k + 1]
+                x_next = var.scale_input(k + 1, next_BCvhw.reshape(B, Cv, -1).transpose(1, 2))
+                step.flops.add_embed(rows, next_pn * next_pn, Cv, var.C)
+                x_BlC = x_next.repeat(rows // B, 1, 1)
+        stats[0].flops.add_modulation(2 * B, var.C, modulations.computed)
+        images = vqvae.fhat_to_img(f_hat).add(1).mul(0.5) if decode else None
+    return SampleOutput(images_B3HW=images, idx_Bl=out_idx, f_hat_BCvhw=f_hat, stats=stats,
+                        kv_cache_bytes=sum(c.nbytes for c in caches), raw_logits=raw_logits,
+                        guided_logits=guided_logits)
