@@ -118,7 +118,7 @@ class VAR(nn.Module):
         trunc_normal_(self.lvl_embed.weight, std=init_std)
         if c.shared_aln:
             self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(self.D, 6 * self.C))
-        dpr = torch.linspace(0, c.drop_path_rate, c.depth).tolist()
+        dpr = torch.linspace(0, c.drop_path_rate, c.depth, device="cpu").tolist()  # float32 values, like the release
         self.blocks = nn.ModuleList(
             AdaLNBlock(self.C, self.D, c.num_heads, mlp_ratio=c.mlp_ratio, drop_path=dpr[b], norm_eps=c.norm_eps,
                        shared_aln=c.shared_aln, attn_l2_norm=c.attn_l2_norm, drop=c.drop_rate,
@@ -198,17 +198,22 @@ class VAR(nn.Module):
     def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor,
                 plan: DepthPlan | None = None) -> torch.Tensor:
         """Teacher-forcing logits (B, L, V) for ground-truth inputs, running the blocks the plan selects."""
+        x_BLC, cond_BD = self.embed_inputs(label_B, x_BLCv_wo_first_l)
+        block_cond = self.block_condition(cond_BD)
+        for b, block in enumerate(self.blocks):
+            tokens = None if plan is None else plan.block_tokens(b)
+            x_BLC = self._run_block_teacher_forcing(block, x_BLC, block_cond, tokens)
+        return self.logits(x_BLC, cond_BD)
+
+    def embed_inputs(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block-0 input (B, L, C) and class condition (B, D) of the teacher-forcing sequence, in float32."""
         with torch.autocast(device_type=x_BLCv_wo_first_l.device.type, enabled=False):
             cond_BD = self.class_condition(label_B)
             B = label_B.shape[0]
             sos_BlC = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
             x_BLC = torch.cat((sos_BlC, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
             x_BLC = x_BLC + self.level_position(0, x_BLC.shape[1])
-        block_cond = self.block_condition(cond_BD)
-        for b, block in enumerate(self.blocks):
-            tokens = None if plan is None else plan.block_tokens(b)
-            x_BLC = self._run_block_teacher_forcing(block, x_BLC, block_cond, tokens)
-        return self.logits(x_BLC, cond_BD)
+        return x_BLC, cond_BD
 
     def _call_block(self, block: AdaLNBlock, x_BlC: torch.Tensor, block_cond: torch.Tensor,
                     attn_mask: torch.Tensor, valid_Bl: torch.Tensor | None = None) -> torch.Tensor:
