@@ -1,0 +1,243 @@
+"""Throughput benchmark: teacher-forcing training steps and KV-cached sampling, full network vs VARiant subnets.
+
+    python -m varianttrain.benchmark --preset tiny            # CPU, seconds (what CI keeps working)
+    python -m varianttrain.benchmark --preset d30 --batch 64  # GPU, VAR-d30 with random weights
+
+Timings do not depend on weight values, so random weights stand in for var_d30.pth. Every figure of one run is
+measured in the same process; compare ratios within a run, and absolute times only on a GPU. Prints a table and
+writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from varianttrain.models.depth_plan import DepthPlan, layer_subset
+from varianttrain.models.flops import sampling_flops, teacher_forcing_flops
+from varianttrain.models.var import VAR, VARConfig
+from varianttrain.models.vqvae import VQVAE, VQVAEConfig
+from varianttrain.sampling.config import SamplingConfig
+from varianttrain.sampling.rng import TokenRNG
+from varianttrain.sampling.sampler import StaticPlanMethod, generate
+
+# Dense bf16 tensor-core peaks (TFLOP/s) used for MFU; the figure for an unknown device is left empty.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L20": 119.5, "4090": 165.2}
+
+
+@dataclass(frozen=True)
+class Preset:
+    var: VARConfig
+    vqvae: VQVAEConfig
+    depth_choices: tuple[int, ...]
+    bridge_scales: int
+
+
+PRESETS: dict[str, Callable[[], Preset]] = {
+    "tiny": lambda: Preset(
+        VARConfig.for_depth(8, embed_dim=128, num_heads=4, patch_nums=(1, 2, 3, 4, 5, 6, 8), num_classes=10,
+                            vocab_size=256, z_channels=16),
+        VQVAEConfig(vocab_size=256, z_channels=16, ch=32, patch_nums=(1, 2, 3, 4, 5, 6, 8)), (4, 2), 4),
+    "d16": lambda: Preset(VARConfig.for_depth(16), VQVAEConfig.released(), (8, 4, 2), 6),
+    "d30": lambda: Preset(VARConfig.for_depth(30), VQVAEConfig.released(), (16, 8, 4, 2), 6),
+}
+
+
+@dataclass
+class Row:
+    kind: str  # "train" or "sample"
+    name: str
+    batch: int
+    ms: float
+    per_s: float  # tokens/s for training, images/s for sampling
+    flops_per_item: float  # FLOPs per image (fwd+bwd for training)
+    tflops: float
+    ideal_speedup: float = 1.0  # FLOP ratio full / this (transformer blocks only)
+    measured_speedup: float = 1.0
+    mfu: float | None = None
+    peak_mem_gb: float | None = None
+    kv_cache_gb: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of `fn` in seconds after warm-up."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def plans_for(preset: Preset, rule: str) -> dict[str, DepthPlan]:
+    cfg = preset.var
+    plans = {"full": DepthPlan.full(cfg.depth, cfg.patch_nums)}
+    for d in preset.depth_choices:
+        subset = layer_subset(cfg.depth, d, rule, preset.depth_choices)
+        plans[f"variant-d{d}"] = DepthPlan.subnet(cfg.depth, cfg.patch_nums, preset.bridge_scales, subset)
+    return plans
+
+
+def _block_flops(counter) -> int:
+    return counter.linear + counter.attention
+
+
+def bench_training(var: VAR, plans: dict[str, DepthPlan], batch: int, device: torch.device, dtype: torch.dtype,
+                   warmup: int, repeats: int, peak_tflops: float | None) -> list[Row]:
+    cfg = var.config
+    var.train()
+    label = torch.randint(0, cfg.num_classes, (batch,), device=device)
+    x = torch.randn(batch, cfg.num_tokens - cfg.patch_nums[0] ** 2, cfg.z_channels, device=device)
+    target = torch.randint(0, cfg.vocab_size, (batch, cfg.num_tokens), device=device)
+    rows = []
+    base_time = base_flops = None
+    for name, plan in plans.items():
+        tokens = [plan.block_tokens(b) for b in range(cfg.depth)]
+        tokens = [cfg.num_tokens if t is None else t for t in tokens]
+        flops = 3 * teacher_forcing_flops(cfg.embed_dim, cfg.vocab_size, cfg.z_channels, cfg.patch_nums, tokens).total
+
+        def step(plan=plan):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                logits = var(label, x, plan)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+            loss.backward()
+            var.zero_grad(set_to_none=True)
+
+        _reset_peak(device)
+        seconds = _time(step, device, warmup, repeats)
+        tflops = flops * batch / seconds / 1e12
+        if base_time is None:
+            base_time, base_flops = seconds, flops
+        rows.append(Row("train", name, batch, seconds * 1e3, batch * cfg.num_tokens / seconds, flops, tflops,
+                        ideal_speedup=base_flops / flops, measured_speedup=base_time / seconds,
+                        mfu=tflops / peak_tflops if peak_tflops else None, peak_mem_gb=_peak_gb(device)))
+    return rows
+
+
+def bench_sampling(var: VAR, vqvae: VQVAE, plans: dict[str, DepthPlan], batch: int, device: torch.device,
+                   sampling: SamplingConfig, warmup: int, repeats: int, peak_tflops: float | None) -> list[Row]:
+    cfg = var.config
+    var.eval()
+    label = torch.arange(batch, device=device) % cfg.num_classes
+    rows = []
+    base_time = base_block_flops = None
+    for name, plan in plans.items():
+        method = StaticPlanMethod(plan, name)
+        blocks = [tuple(range(cfg.depth)) if s.blocks is None else s.blocks for s in plan.scales]
+        closed = sampling_flops(cfg.embed_dim, cfg.vocab_size, cfg.z_channels, cfg.patch_nums, blocks)
+
+        def run(method=method):
+            return generate(var, vqvae, label, sampling, TokenRNG.shared_seed(0, device), method=method,
+                            decode=False)
+
+        _reset_peak(device)
+        seconds = _time(run, device, warmup, repeats)
+        out = run()
+        if out.flops != closed.total * batch:
+            raise AssertionError(f"{name}: counted {out.flops} FLOPs, closed form {closed.total * batch}")
+        tflops = out.flops / seconds / 1e12
+        if base_time is None:
+            base_time, base_block_flops = seconds, _block_flops(closed)
+        rows.append(Row("sample", name, batch, seconds * 1e3, batch / seconds, closed.total, tflops,
+                        ideal_speedup=base_block_flops / _block_flops(closed), measured_speedup=base_time / seconds,
+                        mfu=tflops / peak_tflops if peak_tflops else None, peak_mem_gb=_peak_gb(device),
+                        kv_cache_gb=out.kv_cache_bytes / 2**30))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    head = (f"| kind | plan | batch | ms | throughput | TFLOP/s | MFU | ideal speedup | measured | "
+            f"measured/ideal | peak GB | KV GB |\n|{'---|' * 12}")
+    lines = [head]
+    for r in rows:
+        unit = "tok/s" if r.kind == "train" else "img/s"
+        mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
+        mem = f"{r.peak_mem_gb:.2f}" if r.peak_mem_gb is not None else "-"
+        kv = f"{r.kv_cache_gb:.3f}" if r.kv_cache_gb is not None else "-"
+        lines.append(f"| {r.kind} | {r.name} | {r.batch} | {r.ms:.1f} | {r.per_s:,.1f} {unit} | {r.tflops:.3f} | "
+                     f"{mfu} | {r.ideal_speedup:.2f}x | {r.measured_speedup:.2f}x | "
+                     f"{r.measured_speedup / r.ideal_speedup:.2f} | {mem} | {kv} |")
+    return "\n".join(lines)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--batch", type=int, nargs="+", default=None, help="sampling batch sizes")
+    parser.add_argument("--train-batch", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None)
+    parser.add_argument("--subset-rule", choices=["nested", "equidistant"], default="nested")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--no-sample", action="store_true")
+    parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    preset = PRESETS[args.preset]()
+    torch.manual_seed(0)
+    with torch.device(device):
+        var = VAR(preset.var)
+        vqvae = VQVAE(preset.vqvae).freeze()
+    var.gradient_checkpointing = args.grad_checkpointing
+    name = device_name(device)
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None) if device.type == "cuda" else None
+    plans = plans_for(preset, args.subset_rule)
+    sampling = SamplingConfig(autocast_dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
+    rows: list[Row] = []
+    if not args.no_train:
+        train_batch = args.train_batch or (4 if device.type == "cpu" else 8)
+        rows += bench_training(var, plans, train_batch, device, dtype, args.warmup, args.repeats, peak)
+    if not args.no_sample:
+        for batch in args.batch or ([4] if device.type == "cpu" else [1, 16, 64]):
+            rows += bench_sampling(var, vqvae, plans, batch, device, sampling, args.warmup, args.repeats, peak)
+    result = {"preset": args.preset, "device": name, "dtype": str(dtype), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "subset_rule": args.subset_rule,
+              "bridge_scales": preset.bridge_scales, "rows": [asdict(r) for r in rows]}
+    print(f"# {args.preset} on {name}, {dtype}, torch {torch.__version__}")
+    print(format_table(rows))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

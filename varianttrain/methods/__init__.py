@@ -1,0 +1,1 @@
+"""Acceleration methods plugged into the one sampler."""
