@@ -116,12 +116,15 @@ class ScalePlan:
         token_mask_BDl: optional per-token refinement, bool (B, depth, n_k): token t of sample b runs block j
             iff `token_mask_BDl[b, j, t]` (and j is in `blocks`). B is the number of images; in a CFG sampler
             both halves of an image share its mask.
-        guidance: False drops the unconditional CFG branch from this scale on (StageVAR).
+        guidance: False runs a single branch instead of the CFG pair from this scale on (StageVAR).
+        kept_branch: which branch survives when guidance is dropped: 'cond' (the class-conditional rows) or
+            'uncond' (the null-class rows).
     """
 
     blocks: tuple[int, ...] | None = None
     token_mask_BDl: torch.Tensor | None = None
     guidance: bool = True
+    kept_branch: Literal["cond", "uncond"] = "cond"
 
     def runs_block(self, block: int) -> bool:
         """Whether any token of this scale runs `block`."""

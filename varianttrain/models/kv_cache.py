@@ -60,13 +60,16 @@ class KVCache:
         valid = None if self.valid_BT is None else self.valid_BT[:, :self.length]
         return self.k_BHTd[:, :, :self.length], self.v_BHTd[:, :, :self.length], valid
 
-    def keep_rows(self, rows: int) -> None:
-        """Drop every row from `rows` on (used when a method stops running the unconditional CFG branch)."""
+    def keep_rows(self, begin: int, end: int) -> None:
+        """Keep only rows [begin, end) (a method stopped running one CFG branch).
+
+        The kept rows are copied so the dropped branch's storage is really released (a view would pin it).
+        """
         if self.k_BHTd is not None:
-            self.k_BHTd = self.k_BHTd[:rows]
-            self.v_BHTd = self.v_BHTd[:rows]
+            self.k_BHTd = self.k_BHTd[begin:end].clone()
+            self.v_BHTd = self.v_BHTd[begin:end].clone()
         if self.valid_BT is not None:
-            self.valid_BT = self.valid_BT[:rows]
+            self.valid_BT = self.valid_BT[begin:end].clone()
 
     @property
     def nbytes(self) -> int:

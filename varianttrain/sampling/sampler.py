@@ -129,23 +129,32 @@ def generate(var: VAR, vqvae: torch.nn.Module, label_B: torch.Tensor, sampling: 
         labels_2B = torch.cat((label_B, torch.full_like(label_B, var.num_classes)))
         cond_2BD = var.class_emb(labels_2B)
         modulations = var.block_modulations(cond_2BD)
+        modulation_sets = [(2 * B, modulations)]  # (rows, lazily computed modulations), for FLOP counting
         caches = var.new_kv_caches(method.kv_capacity_plan())
         x_BlC = var.start_tokens(cond_2BD)
         f_hat = torch.zeros(B, Cv, latent, latent, device=device, dtype=torch.float32)
         rows = 2 * B
+        head_cond_BD = cond_2BD
         for k, pn in enumerate(var.patch_nums):
             scale_plan = method.scale_plan(k)
             if not scale_plan.guidance and rows == 2 * B:
-                rows = B  # drop the unconditional branch from here on (StageVAR)
-                x_BlC = x_BlC[:B]
+                # From here on a single branch runs (StageVAR): keep its rows of the hidden states, the caches and
+                # the conditions. The modulations of the kept rows are recomputed (cheap: B x 6C^2 per block).
+                begin = 0 if scale_plan.kept_branch == "cond" else B
+                rows = B
+                x_BlC = x_BlC[begin:begin + B]
                 for cache in caches:
-                    cache.keep_rows(B)
+                    cache.keep_rows(begin, begin + B)
+                head_cond_BD = cond_2BD[begin:begin + B]
+                if begin:  # the cached modulations hold the conditional rows first: recompute for the others
+                    modulations = var.block_modulations(head_cond_BD)
+                    modulation_sets.append((B, modulations))
             elif scale_plan.guidance and rows == B:
-                raise ValueError(f"scale {k}: guidance cannot be re-enabled once the unconditional branch is dropped")
+                raise ValueError(f"scale {k}: guidance cannot be re-enabled once a CFG branch is dropped")
             step = ScaleStepStats()
             x_BlC = var.forward_scale(x_BlC, modulations, scale_plan, caches, hook=method.block_hook, stats=step)
             x_BlC = method.before_head(k, x_BlC)
-            logits_BlV = var.logits(x_BlC, cond_2BD[:rows])
+            logits_BlV = var.logits(x_BlC, head_cond_BD)
             step.flops.add_head(rows, pn * pn, var.C, var.V)
             if rows == 2 * B:
                 t = sampling.cfg * k / max(K - 1, 1)
@@ -182,7 +191,8 @@ def generate(var: VAR, vqvae: torch.nn.Module, label_B: torch.Tensor, sampling: 
                 x_next = var.scale_input(k + 1, next_BCvhw.reshape(B, Cv, -1).transpose(1, 2))
                 step.flops.add_embed(rows, next_pn * next_pn, Cv, var.C)
                 x_BlC = x_next.repeat(rows // B, 1, 1)
-        stats[0].flops.add_modulation(2 * B, var.C, modulations.computed)
+        for mod_rows, mods in modulation_sets:
+            stats[0].flops.add_modulation(mod_rows, var.C, mods.computed)
         images = vqvae.fhat_to_img(f_hat).add(1).mul(0.5) if decode else None
     return SampleOutput(images_B3HW=images, idx_Bl=out_idx, f_hat_BCvhw=f_hat, stats=stats,
                         kv_cache_bytes=sum(c.nbytes for c in caches), raw_logits=raw_logits,

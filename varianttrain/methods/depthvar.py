@@ -1,0 +1,371 @@
+"""DepthVAR (per-token dynamic depth) as a strategy of the one sampler.
+
+The math (scores, depths, masks, restoration, blending, budgets) lives in `depthvar_schedule`; this module wires
+it into `varianttrain.sampling.sampler.generate` through the `SamplingMethod` hooks, following the §2 loop of
+shared/reference/depthvar/DEPTHVAR_SPEC.md (section numbers below refer to it):
+
+* scales k <= R run at full depth; the last one that precedes an accelerated scale records Δ^ℓ = x_out - x_in for
+  every block (`block_hook`, §5.6);
+* an accelerated scale k > R gets a `ScalePlan` whose `token_mask_BDl` is the layer-major mask of `depth_maps`,
+  ranked on the previous scale's Δ (§3, §4); the model gathers the running tokens per block and omits the others
+  from attention and from that block's KV cache (§5.2, §5.3); the hook replaces a skipped token's identity by the
+  proxy x_in + up(Δ_prev^ℓ) (bilinear, §5.1) and records the new Δ for the next scale (§5.5);
+* `before_head` applies the similarity restoration of d = 0 tokens on the previous scale's guided logits (§6);
+* `code_weights` returns the continuous score S for code blending (pre-φ, §7).
+
+Every sample of the batch is sampled at every scale (§8), so RNG use equals the baseline's.
+
+Budget (`build_depthvar`): ``reference_scale`` (knob or `DepthBudget.reference_scale`) is the paper mode
+(A_i = N_R / N_i); otherwise ``--depth d`` is met with `budget_for_depth` (equal token-layer count to the VARiant
+d subnet over its flexible zone) or, with ``budget_match: flops``, with one target fraction solved on the sampler's
+counted FLOPs. At VAR-d30 token-layer matching leaves the FLOPs 0.8-1.4 % under the VARiant target (attention is
+cheaper when the tokens spread over all blocks' smaller KV caches), see docs/METHODS.md.
+
+Also home of the helpers shared by the token-level methods (`fastvar`, `stagevar`): closed-form FLOPs of a
+per-block token-count table as the sampler counts them, and static KV-capacity plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields, replace
+
+import torch
+
+from varianttrain.methods.depthvar_schedule import (
+    DepthMaps,
+    DepthVARConfig,
+    budget_for_depth,
+    depth_maps,
+    plan_scales,
+    restore_similar,
+    upsample_tokens,
+)
+from varianttrain.methods.registry import MethodOptions, register_method
+from varianttrain.models.depth_plan import FULL_SCALE, DepthPlan, ScalePlan
+from varianttrain.models.flops import FlopCounter
+from varianttrain.models.var import VAR
+from varianttrain.sampling.sampler import SamplingContext, SamplingMethod
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared helpers for token-level methods
+# ----------------------------------------------------------------------------------------------------------------
+
+TokenCounts = Sequence[Sequence[int] | None]  # per scale: tokens that run each block (None: every token)
+
+
+def counted_flops(var: VAR, counts: TokenCounts, rows: Sequence[int] | None = None) -> FlopCounter:
+    """FLOPs of one image exactly as `generate` counts them, for per-block token counts (closed form).
+
+    Args:
+        counts: per scale k, `counts[k][b]` = tokens that run block b (None: all N_k tokens run every block).
+        rows: per scale, the rows one image occupies (2 with CFG, 1 once the guidance branch is dropped).
+
+    Mirrors the sampler: a block's keys are its cache length after appending the current tokens; the head runs on
+    every token; the next scale's embedding is counted with the current scale's rows; the AdaLN modulations of all
+    blocks once with both CFG rows (the sampler computes every block's modulation at scale 0).
+    """
+    rows = [2] * len(var.patch_nums) if rows is None else list(rows)
+    counter = FlopCounter()
+    cached = [0] * var.depth
+    for k, pn in enumerate(var.patch_nums):
+        n_k = pn * pn
+        per_block = [n_k] * var.depth if counts[k] is None else counts[k]
+        for b, n in enumerate(per_block):
+            if n:
+                cached[b] += n
+                counter.add_block(rows[k], n, cached[b], var.C)
+        counter.add_head(rows[k], n_k, var.C, var.V)
+        if k + 1 < len(var.patch_nums):
+            counter.add_embed(rows[k], var.patch_nums[k + 1] ** 2, var.Cvae, var.C)
+    counter.add_modulation(2, var.C, var.depth)
+    return counter
+
+
+def capacity_plan(depth: int, patch_nums: Sequence[int], counts: TokenCounts) -> DepthPlan:
+    """A static `DepthPlan` whose per-block token totals are `counts` (for `SamplingMethod.kv_capacity_plan`).
+
+    Only the counts matter to `VAR.new_kv_caches`; the synthetic masks mark the first n tokens.
+    """
+    scales = []
+    for k, pn in enumerate(patch_nums):
+        if counts[k] is None:
+            scales.append(FULL_SCALE)
+            continue
+        n_k = pn * pn
+        positions = torch.arange(n_k)
+        mask = torch.stack([positions < n for n in counts[k]])[None]  # (1, depth, n_k)
+        scales.append(ScalePlan(token_mask_BDl=mask))
+    return DepthPlan(depth, patch_nums, scales)
+
+
+def fill_skipped(x_in: torch.Tensor, x_out: torch.Tensor, ran_Bl: torch.Tensor | None,
+                 delta_BlC: torch.Tensor) -> torch.Tensor:
+    """Tokens that did not run the block take x_in + delta (proxy residual); ran_Bl None: all ran, x_out as is."""
+    if ran_Bl is None:
+        return x_out
+    return torch.where(ran_Bl[..., None], x_out, x_in + delta_BlC.to(x_in.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The method
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DepthVARMethod(SamplingMethod):
+    """DepthVAR through the sampler hooks (spec §2). One instance serves any number of `generate` calls.
+
+    Args:
+        var: the model (only its shape is read: depth, patch_nums).
+        config: every DepthVAR option (`DepthVARConfig`).
+        unit_score: test hook: force S ≡ 1 at the accelerated scales (every token runs every block through the
+            gather/scatter path, no restoration, blending by 1); must reproduce the full model exactly.
+
+    State across scales of one call (reset in `begin`): the previous scale's Δ per block (`deltas_prev`), the
+    previous scale's guided logits (restoration), the current scale's `DepthMaps`.
+    """
+
+    name = "depthvar"
+
+    def __init__(self, var: VAR, config: DepthVARConfig, unit_score: bool = False):
+        _check_supported(config, var.depth)
+        self.config = config
+        self.unit_score = unit_score
+        self.depth = var.depth
+        self.patch_nums = tuple(var.patch_nums)
+        self.plans = plan_scales(self.patch_nums, self.depth, config)
+        # A plan with c None (infeasible budget) runs standard inference (S = 1, §3.5); with unit_score every
+        # scale > R goes through the masked path.
+        self.accelerated = frozenset(k for k, p in enumerate(self.plans)
+                                     if p is not None and (unit_score or not p.full_depth))
+        self.recorded = frozenset(k - 1 for k in self.accelerated)  # scales whose Δ the next scale needs
+        self._device_plans: dict[str, list] = {}
+        self._reset()
+
+    # ------------------------------------------------------------------ per-call state
+    def _reset(self) -> None:
+        self._k = -1
+        self.deltas_prev: list[torch.Tensor] | None = None
+        self._deltas_cur: list[torch.Tensor | None] | None = None
+        self._logits_prev: torch.Tensor | None = None
+        self.maps: DepthMaps | None = None
+        self._source: torch.Tensor | None = None
+
+    def begin(self, ctx: SamplingContext) -> None:
+        if ctx.var.depth != self.depth or tuple(ctx.var.patch_nums) != self.patch_nums:
+            raise ValueError(f"depthvar was built for depth {self.depth} / patch_nums {self.patch_nums}, not for "
+                             f"{ctx.var.config.describe()}")
+        self._reset()
+        key = str(ctx.device)
+        if key not in self._device_plans:  # move the rank tables once per device (§5.2: no per-step copies)
+            self._device_plans[key] = [None if p is None else p.to(ctx.device) for p in self.plans]
+        self._plans = self._device_plans[key]
+
+    # ------------------------------------------------------------------ hooks
+    def scale_plan(self, scale: int) -> ScalePlan:
+        self._k = scale
+        self.deltas_prev = self._deltas_cur if scale - 1 in self.recorded else None
+        self._deltas_cur = [None] * self.depth if scale in self.recorded else None
+        self.maps, self._source = None, None
+        if scale not in self.accelerated:
+            return FULL_SCALE
+        if self.deltas_prev is None or any(d is None for d in self.deltas_prev):
+            raise RuntimeError(f"depthvar: no block changes recorded at scale {scale - 1}; was the block hook run?")
+        if self.unit_score:
+            self.maps = _unit_maps(self.deltas_prev[0], self._plans[scale].hw, self.depth)
+        else:
+            self.maps = depth_maps(self.deltas_prev, self._plans[scale], self.config)
+        return ScalePlan(token_mask_BDl=self.maps.mask)
+
+    @property
+    def block_hook(self):
+        """Active only where Δ is recorded or proxies are needed: other scales pay nothing."""
+        if self._k in self.accelerated or self._k in self.recorded:
+            return self._hook
+        return None
+
+    def _hook(self, block: int, x_in: torch.Tensor, x_out: torch.Tensor, ran_Bl: torch.Tensor | None) -> torch.Tensor:
+        if self.maps is not None and ran_Bl is not None:
+            plan = self._plans[self._k]
+            proxy = upsample_tokens(self.deltas_prev[block], plan.prev_hw, plan.hw, self.config.proxy_upsample)
+            x_out = fill_skipped(x_in, x_out, ran_Bl, proxy)  # §5.1 corrected rule
+        if self._deltas_cur is not None:
+            self._deltas_cur[block] = x_out - x_in  # computed change, or the proxy change of masked tokens (§5.5)
+        return x_out
+
+    def before_head(self, scale: int, x_BlC: torch.Tensor) -> torch.Tensor:
+        if self.maps is None or not self.config.restoration or self.unit_score:
+            return x_BlC
+        plan = self._plans[scale]
+        features = upsample_tokens(self._logits_prev, plan.prev_hw, plan.hw, "nearest")  # §6 step 3
+        x_BlC, self._source = restore_similar(x_BlC, self.maps.depth, features, self.config.restore_window,
+                                              self.config.restore_threshold)
+        return x_BlC
+
+    def on_guided_logits(self, scale: int, logits_BlV: torch.Tensor) -> None:
+        # The sampler filters the logits in place afterwards: keep a clone (§1, §5.6).
+        keep = scale + 1 in self.accelerated and self.config.restoration and not self.unit_score
+        self._logits_prev = logits_BlV.clone() if keep else None
+
+    def code_weights(self, scale: int) -> torch.Tensor | None:
+        if scale == len(self.patch_nums) - 1:  # last hook of the call: release Δ and logits (GBs at batch 64)
+            self.deltas_prev, self._deltas_cur, self._logits_prev = None, None, None
+        if self.maps is None or not self.config.blending:
+            return None
+        score = self.maps.score.flatten(1)  # continuous S (§7), float64; the sampler casts
+        if self.config.restore_weight == "anchor" and self._source is not None:
+            score = score.gather(1, self._source)  # restored tokens take their anchor's S (§6 step 6)
+        return score
+
+    def kv_capacity_plan(self) -> DepthPlan | None:
+        return capacity_plan(self.depth, self.patch_nums, self.token_counts())
+
+    # ------------------------------------------------------------------ cost
+    def token_counts(self) -> list[list[int] | None]:
+        """Per scale the per-block token counts (ordinal ranks make them image-independent, §3.2)."""
+        out: list[list[int] | None] = []
+        for k, plan in enumerate(self.plans):
+            if k not in self.accelerated:
+                out.append(None)
+            elif self.unit_score:
+                out.append([self.patch_nums[k] ** 2] * self.depth)
+            else:
+                out.append(list(plan.counts))
+        return out
+
+    def expected_flops(self, var: VAR) -> FlopCounter:
+        """Closed-form FLOPs of one image (equals the sampler's count with ordinal ranks)."""
+        return counted_flops(var, self.token_counts())
+
+    def describe(self) -> str:
+        acc = sorted(self.accelerated)
+        if not acc:
+            return "depthvar: no accelerated scale (full model)"
+        c = self.config
+        return (f"depthvar: R={c.reference_scale}, accelerated scales {acc}, target_fraction={c.target_fraction}, "
+                f"{c.schedule} k={c.sigmoid_k} eta={c.eta}, ref layers {list(c.ref_layer_range)}")
+
+
+def _unit_maps(like: torch.Tensor, hw: tuple[int, int], depth: int) -> DepthMaps:
+    batch = like.shape[0] // 2  # CFG rows
+    h, w = hw
+    score = torch.ones(batch, h, w, dtype=torch.float64, device=like.device)
+    full = torch.full((batch, h, w), depth, dtype=torch.long, device=like.device)
+    mask = torch.ones(batch, depth, h * w, dtype=torch.bool, device=like.device)
+    return DepthMaps(score, full, mask, None)
+
+
+def _check_supported(config: DepthVARConfig, depth: int) -> None:
+    """Options the sampler hooks cannot express are refused here, with the reason (see docs/METHODS.md)."""
+    if config.blend_at != "pre_phi":
+        raise ValueError("depthvar: blend_at='post_phi' needs the score applied after Phi, but the sampler's "
+                         "code_weights hook multiplies the code vectors before Phi; only 'pre_phi' is supported")
+    if config.kv_fill != "omit":
+        raise ValueError("depthvar: kv_fill='proxy' needs K/V of tokens that skip a block, which forward_scale "
+                         "cannot write (a skipped token never enters the block); only 'omit' is supported")
+    if config.ref_layer_range[1] >= depth:
+        raise ValueError(f"depthvar: ref_layer_range={list(config.ref_layer_range)} outside the model's "
+                         f"{depth} blocks")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Factory and budget
+# ----------------------------------------------------------------------------------------------------------------
+
+CONFIG_KNOBS: tuple[str, ...] = tuple(f.name for f in fields(DepthVARConfig))
+EXTRA_KNOBS: tuple[str, ...] = ("unit_score", "budget_match")
+BUDGET_MATCH = ("token_layers", "flops")
+REFERENCE_DEPTH = 30  # the spec's defaults (ref_layer_range (3, 18)) are for VAR-d30 (§10.2)
+
+
+def default_layer_range(depth: int) -> tuple[int, int]:
+    """The spec's [3, 18] of 30 blocks rescaled to `depth` blocks (as the spec rescaled Infinity's 3-19 of 32)."""
+    lo, hi = DepthVARConfig().ref_layer_range
+    if depth == REFERENCE_DEPTH:
+        return lo, hi
+    scale = depth / REFERENCE_DEPTH
+    lo, hi = round(lo * scale), round(hi * scale)
+    return min(lo, depth - 1), min(max(hi, lo), depth - 1)
+
+
+def _match_flops(var: VAR, base: DepthVARConfig, target: int, f_max: float) -> float:
+    """Target fraction f in (0, f_max] whose counted FLOPs come closest to `target` (ties: the cheaper one).
+
+    FLOPs are a nondecreasing step function of f (a larger area raises every token's score), so bisect on the
+    first f reaching the target and compare it with the largest f below.
+    """
+
+    def flops(f: float) -> int:
+        cfg = replace(base, target_fraction=f)
+        plans = plan_scales(var.patch_nums, var.depth, cfg)
+        counts = [None if p is None or p.full_depth else list(p.counts) for p in plans]
+        return counted_flops(var, counts).total
+
+    lo, hi = 1e-9, f_max
+    if flops(lo) >= target:
+        return lo
+    if flops(hi) <= target:
+        return hi
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (lo, mid) if flops(mid) >= target else (mid, hi)
+    return hi if flops(hi) - target < target - flops(lo) else lo
+
+
+def _max_area(config: DepthVARConfig) -> float:
+    """Target area at which every accelerated scale becomes full depth (spec §3.5: A' >= 1 is infeasible)."""
+    return config.eta if config.area_mode == "head" else 1.0
+
+
+def depthvar_config_for(var: VAR, options: MethodOptions) -> tuple[DepthVARConfig, str]:
+    """The DepthVAR configuration a run uses, and a line saying how the budget was met.
+
+    Precedence: an explicit ``reference_scale`` knob, then `budget.reference_scale` (paper mode, A_i = N_R/N_i);
+    otherwise the budget's depth: full model at d = D (or bridge N = K), else `budget_for_depth` (token layers) or
+    FLOP matching; bridge N = 0 accelerates from scale 1 (scale 0 has nothing to rank on) with FLOP matching.
+    """
+    knobs = dict(options.knobs)
+    budget = options.budget
+    cfg_kwargs = {k: knobs[k] for k in CONFIG_KNOBS if k in knobs}
+    cfg_kwargs.setdefault("ref_layer_range", default_layer_range(var.depth))
+    match = knobs.get("budget_match", "token_layers")
+    if match not in BUDGET_MATCH:
+        raise ValueError(f"method_options.depthvar.budget_match={match!r}; expected one of {BUDGET_MATCH}")
+    reference = cfg_kwargs.pop("reference_scale", budget.reference_scale)
+    if reference is not None:
+        cfg = DepthVARConfig(reference_scale=int(reference), **cfg_kwargs)
+        return cfg, f"paper mode: reference scale R={reference}"
+    K = len(var.patch_nums)
+    if budget.is_full or budget.bridge_scales >= K:  # no flexible zone: the budget is the full model
+        return DepthVARConfig(reference_scale=K - 1, **cfg_kwargs), "full depth (d = D or no flexible zone)"
+    base = DepthVARConfig(**cfg_kwargs)
+    if budget.bridge_scales == 0:  # scale 0 has no previous scale to rank: accelerate from scale 1, match FLOPs
+        base = replace(base, reference_scale=0)
+        f = _match_flops(var, base, budget.variant_flops(var).total, _max_area(base))
+        return replace(base, target_fraction=f), f"bridge 0: R=0, FLOPs matched to VARiant d={budget.depth}: f={f:.6f}"
+    solution = budget_for_depth(var.patch_nums, var.depth, budget.bridge_scales, budget.depth, base)
+    if match == "token_layers":
+        note = (f"token layers matched to VARiant d={budget.depth}: fraction {solution.achieved_fraction:.4f} "
+                f"(target {solution.target_fraction:.4f}), R={solution.config.reference_scale}")
+        return solution.config, note
+    target = budget.variant_flops(var).total
+    f = _match_flops(var, solution.config, target, _max_area(solution.config))
+    return replace(solution.config, target_fraction=f), f"FLOPs matched to VARiant d={budget.depth}: f={f:.6f}"
+
+
+def build_depthvar(var: VAR, options: MethodOptions) -> DepthVARMethod:
+    """Registry factory (see the module docstring for the budget rule)."""
+    config, note = depthvar_config_for(var, options)
+    method = DepthVARMethod(var, config, unit_score=bool(options.knobs.get("unit_score", False)))
+    target = options.budget.variant_flops(var).total
+    method.budget_note = note
+    method.flop_ratio = method.expected_flops(var).total / target  # counted / VARiant budget (one image)
+    return method
+
+
+register_method(
+    "depthvar", build_depthvar, knobs=CONFIG_KNOBS + EXTRA_KNOBS,
+    help="DepthVAR: per-token depth at the scales after R from the previous scale's block changes (CVPR 2026); "
+         "--depth d matches the VARiant d subnet's token layers, reference_scale gives the paper mode")
