@@ -58,7 +58,7 @@ def naive_forward(var: VAR, label, x_in, active_DBL: torch.Tensor) -> torch.Tens
     for b, block in enumerate(var.blocks):
         active_BL = active_DBL[b]
         mask = allowed[None, None] & active_BL[:, None, None, :]
-        y = block(x, block.modulation(cond), attn_mask=mask)
+        y = block(x, cond, attn_mask=mask)
         x = torch.where(active_BL[..., None], y, x)
     return var.logits(x, cond)
 

@@ -118,8 +118,15 @@ class AdaLNBlock(nn.Module):
             return cond_BD + self.ada_gss
         return self.ada_lin(cond_BD).view(-1, 1, 6, self.C)
 
-    def forward(self, x_BlC: torch.Tensor, mod_B16C: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, valid_Bl: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                valid_Bl: torch.Tensor | None = None, mod_B16C: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the block; pass the condition (training: the AdaLN projection then runs inside `forward`, so FSDP can
+        wrap whole blocks) or precomputed modulations (sampling: computed once per call, reused at every scale)."""
+        if mod_B16C is None:
+            if cond_BD is None:
+                raise ValueError("AdaLNBlock needs cond_BD or mod_B16C")
+            mod_B16C = self.modulation(cond_BD)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)
         h = self.ln_wo_grad(x_BlC).mul(scale1.add(1)).add_(shift1)
         x_BlC = x_BlC + self.drop_path(self.attn(h, attn_mask, cache, valid_Bl).mul_(gamma1))

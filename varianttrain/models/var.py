@@ -218,7 +218,7 @@ class VAR(nn.Module):
     def _call_block(self, block: AdaLNBlock, x_BlC: torch.Tensor, block_cond: torch.Tensor,
                     attn_mask: torch.Tensor, valid_Bl: torch.Tensor | None = None) -> torch.Tensor:
         def run(x, cond, mask, valid):
-            return block(x, block.modulation(cond), attn_mask=mask, valid_Bl=valid)
+            return block(x, cond, attn_mask=mask, valid_Bl=valid)
 
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(run, x_BlC, block_cond, attn_mask, valid_Bl, use_reentrant=False)
@@ -281,7 +281,7 @@ class VAR(nn.Module):
                     x_BlC = hook(b, x_in, x_in, torch.zeros(rows, l, dtype=torch.bool, device=x_BlC.device))
                 continue
             if mask_BDl is None:
-                x_BlC = block(x_BlC, mod, cache=caches[b])
+                x_BlC = block(x_BlC, mod_B16C=mod, cache=caches[b])
                 ran = None
                 n_q = l
             else:
@@ -297,7 +297,7 @@ class VAR(nn.Module):
                 if min(per_row) != n_q:
                     valid_Bn = (torch.arange(n_q, device=x_BlC.device)[None] < counts_BD[:, b, None]).repeat(repeat, 1)
                 x_sel = x_BlC.gather(1, idx_Bn[..., None].expand(rows, n_q, C))
-                y_sel = block(x_sel, mod, cache=caches[b], valid_Bl=valid_Bn)
+                y_sel = block(x_sel, mod_B16C=mod, cache=caches[b], valid_Bl=valid_Bn)
                 x_BlC = scatter_rows(x_BlC, idx_Bn, y_sel, valid_Bn)
                 if n_q == l and valid_Bn is None:
                     ran = None

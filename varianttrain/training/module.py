@@ -1,0 +1,273 @@
+"""`SupernetModule`: VARiant elastic-depth fine-tuning (and from-scratch pre-training) of VAR as a LightningModule.
+
+One optimizer step trains either the full network or one subnet d (ANCHORS.md §2.1): scales < N (the bridge zone)
+run every block, later scales (the flexible zone) only the blocks `layer_subset(D, d, rule, choices)`. Which one is
+decided by `ProgressiveSubnetSchedule` (callbacks.py) from (seed, global_step) and handed over through
+`set_active_subnet`; the module itself never draws random numbers for it.
+
+Loss: the official token-mean cross-entropy (every token weighted 1/L, VAR_NOTES §5). The VQVAE is frozen and
+tokenises images on the fly, or the batch already holds token indices (pre-tokenised data, `data.format: indices`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchmetrics
+from torch import nn
+
+from varianttrain.checkpoints import load_var_weights, load_vqvae_weights
+from varianttrain.losses import token_cross_entropy
+from varianttrain.models.depth_plan import DepthPlan, layer_subset
+from varianttrain.models.var import VAR
+from varianttrain.models.vqvae import VQVAE
+from varianttrain.sampling.config import SamplingConfig
+from varianttrain.sampling.rng import TokenRNG
+from varianttrain.sampling.sampler import StaticPlanMethod, generate
+from varianttrain.training.config import SupernetRunConfig
+from varianttrain.training.optim import VARSchedule, build_optimizer
+
+log = logging.getLogger(__name__)
+
+_INDEX_DTYPES = (torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+class ScaleTokenStats(torchmetrics.Metric):
+    """Per-scale sums of token cross-entropy, correct top-1 predictions and token counts (summed over ranks)."""
+
+    full_state_update = False
+
+    def __init__(self, patch_nums: tuple[int, ...]):
+        super().__init__()
+        self.sizes = [pn * pn for pn in patch_nums]
+        k = len(patch_nums)
+        self.add_state("ce_sum", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("correct", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, ce_BL: torch.Tensor, correct_BL: torch.Tensor) -> None:
+        for k, (ce, ok) in enumerate(zip(ce_BL.split(self.sizes, dim=1), correct_BL.split(self.sizes, dim=1),
+                                         strict=True)):
+            self.ce_sum[k] += ce.double().sum()
+            self.correct[k] += ok.double().sum()
+            self.count[k] += ce.numel()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        count = self.count.clamp_min(1)
+        return {"loss": self.ce_sum.sum() / count.sum(), "acc": self.correct.sum() / count.sum(),
+                "loss_scale": self.ce_sum / count, "acc_scale": self.correct / count}
+
+
+class SupernetModule(L.LightningModule):
+    """VAR + frozen VQVAE; trains the full network or the active subnet per optimizer step.
+
+    Args:
+        cfg: the run config (`supernet` or `pretrain` task).
+        full_only: never train a subnet (`task: pretrain`; p = 0); validation still reports every depth choice.
+        load_initial_weights: False when resuming (the checkpoint provides every weight; init files are not read).
+        run_dir: where sample grids are written as PNG (None: TensorBoard only).
+    """
+
+    def __init__(self, cfg: SupernetRunConfig, full_only: bool = False, load_initial_weights: bool = True,
+                 run_dir: str | Path | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.full_only = full_only
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        mcfg = cfg.model
+        self.var = VAR(mcfg.var_config())
+        if load_initial_weights:
+            self._init_var_weights()
+        self.var.gradient_checkpointing = mcfg.gradient_checkpointing
+        self.vqvae = VQVAE(mcfg.vqvae)
+        if mcfg.vqvae_checkpoint:
+            if load_initial_weights:
+                load_vqvae_weights(self.vqvae, mcfg.vqvae_checkpoint)
+        else:
+            log.warning("model.vqvae_checkpoint is null: the VQVAE has random weights (smoke tests only)")
+        self.vqvae.freeze()
+        self.ema = None
+        if cfg.ema.enabled:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.var, decay=cfg.ema.decay, update_after_step=cfg.ema.update_after_step,
+                                  use_warmup=cfg.ema.use_warmup, exclude_buffers=True,
+                                  device=torch.device("cpu") if cfg.ema.cpu else None)
+            # exclude_buffers: VAR's buffers are constants, and averaging the -inf attention mask gives NaN.
+            self.ema.requires_grad_(False)  # not trained; keeps it out of the optimizer and DDP's reducer
+
+        scfg = cfg.supernet
+        self.depth = mcfg.depth
+        self.patch_nums = tuple(mcfg.patch_nums)
+        self.depth_choices = tuple(scfg.depth_choices)
+        self.bridge_tokens = sum(pn * pn for pn in self.patch_nums[:scfg.bridge_scales])
+        self.subsets = {d: layer_subset(self.depth, d, scfg.subset_rule, self.depth_choices)
+                        for d in self.depth_choices}
+        self._plans = {None: DepthPlan.full(self.depth, self.patch_nums)}
+        for d, subset in self.subsets.items():
+            self._plans[d] = DepthPlan.subnet(self.depth, self.patch_nums, scfg.bridge_scales, subset)
+        self.eval_depths: list[tuple[str, int | None]] = [("full", None)]
+        self.eval_depths += [(f"d{d}", d) for d in self.depth_choices if d != self.depth]
+        self.val_stats = nn.ModuleDict({key: ScaleTokenStats(self.patch_nums) for key, _ in self.eval_depths})
+        self.active_p = 0.0
+        self.active_depth: int | None = None
+        self._t_last_batch: float | None = None
+        self._last_ema_step = -1
+        self._validations = 0
+
+    # ------------------------------------------------------------------ construction helpers
+    def _init_var_weights(self) -> None:
+        mcfg = self.cfg.model
+        if mcfg.init == "scratch":
+            self.var.init_weights(init_adaln=mcfg.init_adaln, init_adaln_gamma=mcfg.init_adaln_gamma,
+                                  init_head=mcfg.init_head)
+        else:
+            load_var_weights(self.var, mcfg.var_checkpoint, prefer_ema=mcfg.init_from_ema)
+
+    def plan(self, depth: int | None) -> DepthPlan:
+        """The depth plan of the full network (None) or of subnet `depth`."""
+        return self._plans[depth]
+
+    def set_active_subnet(self, p: float, depth: int | None) -> None:
+        """Called by the schedule callback before every micro-batch: p(t) and this step's depth (None = full)."""
+        self.active_p = 0.0 if self.full_only else float(p)
+        self.active_depth = None if self.full_only else depth
+
+    # ------------------------------------------------------------------ data -> tokens
+    def prepare_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gt_BL, x_BLCv teacher-forcing input, label_B) from images in [-1, 1] or from token indices."""
+        x, label_B = batch[0], batch[1]
+        L_total = self.var.L
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            if x.dtype in _INDEX_DTYPES:
+                if x.ndim != 2 or x.shape[1] != L_total:
+                    raise ValueError(f"pre-tokenised batch has shape {tuple(x.shape)}; this model needs "
+                                     f"(B, {L_total}) indices for patch_nums {list(self.patch_nums)}")
+                gt_BL = x.long()
+            else:
+                gt_BL = torch.cat(self.vqvae.img_to_idxBl(x.float()), dim=1)
+            idx_list = list(gt_BL.split([pn * pn for pn in self.patch_nums], dim=1))
+            x_BLCv = self.vqvae.quantize.idxBl_to_var_input(idx_list)
+        return gt_BL, x_BLCv, label_B.long()
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        gt_BL, x_BLCv, label_B = self.prepare_batch(batch)
+        depth = self.active_depth
+        logits_BLV = self.var(label_B, x_BLCv, self.plan(depth))
+        ce_BL = token_cross_entropy(logits_BLV, gt_BL, self.cfg.model.label_smoothing)
+        loss = ce_BL.mul(1.0 / ce_BL.shape[1]).sum(dim=1).mean()  # = losses.var_loss: every token weighted 1/L
+        with torch.no_grad():
+            ce = ce_BL.detach()
+            metrics = {"train/loss": loss.detach(), "train/p": float(self.active_p),
+                       "train/depth": float(depth if depth is not None else self.depth),
+                       "train/loss_bridge": (ce[:, :self.bridge_tokens].mean() if self.bridge_tokens
+                                             else ce.new_zeros(())),
+                       "train/loss_flexible": (ce[:, self.bridge_tokens:].mean() if self.bridge_tokens < ce.shape[1]
+                                               else ce.new_zeros(()))}
+            begin = 0
+            for k, pn in enumerate(self.patch_nums):
+                metrics[f"train_scale/loss_{k:02d}_{pn}x{pn}"] = ce[:, begin:begin + pn * pn].mean()
+                begin += pn * pn
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=label_B.shape[0])
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=label_B.shape[0])
+        self.log("d", float(depth if depth is not None else self.depth), prog_bar=True, logger=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t_last_batch is not None:
+            dt = max(now - self._t_last_batch, 1e-9)
+            images = batch[1].shape[0] * self.trainer.world_size
+            self.log_dict({"perf/images_per_s": images / dt, "perf/tokens_per_s": images * self.var.L / dt},
+                          on_step=True, on_epoch=False)
+        self._t_last_batch = now
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "skip_counts"):
+            self.log("data/skipped_train", float(dm.skip_counts()["train"]), on_step=True, on_epoch=False)
+        # The EMA follows optimizer steps, not micro-batches (global_step advanced -> a step was taken).
+        if self.ema is not None and self.trainer.global_step != self._last_ema_step:
+            self._last_ema_step = self.trainer.global_step
+            self.ema.update(self.var, step=self.trainer.global_step)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.var, self.cfg.optim, on_cuda=self.device.type == "cuda")
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
+        scheduler = VARSchedule(optimizer, self.cfg.optim, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = self.cfg.optim.grad_clip
+        if clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from varianttrain.config_io import to_dict
+
+        # Everything export.py and eval.py need to rebuild the model without the run directory.
+        checkpoint["varianttrain"] = {"config": to_dict(self.cfg), "subsets": {d: list(s) for d, s in
+                                                                               self.subsets.items()}}
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch, batch_idx: int) -> None:
+        gt_BL, x_BLCv, label_B = self.prepare_batch(batch)
+        for key, depth in self.eval_depths:
+            logits_BLV = self.var(label_B, x_BLCv, self.plan(depth))
+            ce_BL = token_cross_entropy(logits_BLV, gt_BL)
+            self.val_stats[key].update(ce_BL, logits_BLV.argmax(-1) == gt_BL)
+        # Sampling runs inside validation_step (through the strategy's forward) on every rank: FSDP needs all ranks
+        # to gather the same parameters; the grid itself is identical on every rank and written by rank 0.
+        vcfg = self.cfg.validation
+        every = vcfg.sample_every_n_validations
+        if batch_idx == 0 and every and self._validations % every == 0:
+            self._sample_grid()
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {}
+        for key, _ in self.eval_depths:
+            stats = self.val_stats[key]
+            if int(stats.count.sum()) == 0 and not torch.distributed.is_initialized():
+                continue
+            res = stats.compute()  # torchmetrics all-reduces the sums across ranks here
+            metrics[f"val/{key}/loss"] = res["loss"].float()
+            metrics[f"val/{key}/acc"] = res["acc"].float()
+            for k, pn in enumerate(self.patch_nums):
+                metrics[f"val_scale/{key}/acc_{k:02d}_{pn}x{pn}"] = res["acc_scale"][k].float()
+                metrics[f"val_scale/{key}/loss_{k:02d}_{pn}x{pn}"] = res["loss_scale"][k].float()
+            stats.reset()
+        if metrics:
+            self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self._validations += 1
+
+    @torch.no_grad()
+    def _sample_grid(self) -> None:
+        from torchvision.utils import make_grid, save_image
+
+        vcfg = self.cfg.validation
+        classes = [c for c in vcfg.sample_classes if c < self.var.num_classes] or [0]
+        labels = [c for c in classes for _ in range(vcfg.samples_per_class)]
+        label_B = torch.tensor(labels, device=self.device)
+        seeds = [vcfg.sample_seed * 1_000_003 + i for i in range(len(labels))]
+        sampling = SamplingConfig.preset(vcfg.sampling_protocol)
+        rows = []
+        for key, depth in self.eval_depths:
+            out = generate(self.var, self.vqvae, label_B, sampling, TokenRNG.per_image(seeds, device=self.device),
+                           StaticPlanMethod(self.plan(depth), name=key))
+            rows.append(out.images_B3HW.float().cpu())
+        grid = make_grid(torch.cat(rows), nrow=len(labels), padding=2, pad_value=1.0)
+        if not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        step = self.trainer.global_step
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):  # TensorBoard
+                experiment.add_image("samples/rows_" + "_".join(k for k, _ in self.eval_depths), grid, step)
+        if self.run_dir is not None:
+            out_dir = self.run_dir / "samples"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_image(grid, out_dir / f"step{step:07d}.png")
