@@ -275,11 +275,11 @@ class VAR(nn.Module):
             repeat = rows // images
         for b, block in enumerate(self.blocks):
             x_in = x_BlC
-            mod = modulations[b][:rows]
             if not scale_plan.runs_block(b):
                 if hook is not None:
                     x_BlC = hook(b, x_in, x_in, torch.zeros(rows, l, dtype=torch.bool, device=x_BlC.device))
                 continue
+            mod = modulations[b][:rows]  # lazily computed: blocks a plan never runs cost nothing
             if mask_BDl is None:
                 x_BlC = block(x_BlC, mod_B16C=mod, cache=caches[b])
                 ran = None
