@@ -219,7 +219,10 @@ def load_reference(cfg: EvalConfig, extractor: Callable, device: torch.device, i
 
 @torch.inference_mode()
 def _features(extractor: Callable, batches, device: torch.device) -> torch.Tensor:
-    return torch.cat([extractor(b.to(device))[0].float().cpu() for b in batches])
+    # Same extraction path as the samples' features (no TF32), so both sides of precision/recall are alike.
+    from varianttrain.evaluation.metrics import extract_pool_features
+
+    return extract_pool_features(extractor, batches, device)
 
 
 def compute_metrics(cfg: EvalConfig, extractor: Callable, sample_dir: Path, items, ref, ref_feats,

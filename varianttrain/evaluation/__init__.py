@@ -1,0 +1,1 @@
+"""Offline image-quality evaluation: Inception features, FID, IS, precision/recall and sample I/O."""
