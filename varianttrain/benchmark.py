@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from varianttrain.models.depth_plan import DepthPlan, layer_subset
-from varianttrain.models.flops import sampling_flops, teacher_forcing_flops
+from varianttrain.models.flops import FlopCounter, sampling_flops, teacher_forcing_flops
 from varianttrain.models.var import VAR, VARConfig
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
 from varianttrain.sampling.config import SamplingConfig
 from varianttrain.sampling.rng import TokenRNG
-from varianttrain.sampling.sampler import StaticPlanMethod, generate
+from varianttrain.sampling.sampler import SamplingMethod, StaticPlanMethod, generate
 
 # Dense bf16 tensor-core peaks (TFLOP/s) used for MFU; the figure for an unknown device is left empty.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L20": 119.5, "4090": 165.2}
@@ -141,32 +141,51 @@ def bench_training(var: VAR, plans: dict[str, DepthPlan], batch: int, device: to
     return rows
 
 
-def bench_sampling(var: VAR, vqvae: VQVAE, plans: dict[str, DepthPlan], batch: int, device: torch.device,
+def sampling_methods(var: VAR, preset: Preset, rule: str, names: list[str]) -> dict[str, SamplingMethod]:
+    """Every requested method at every depth budget of the preset (full once)."""
+    from varianttrain.methods.registry import DepthBudget, MethodOptions, build_method
+
+    cfg = var.config
+    methods: dict[str, SamplingMethod] = {"full": StaticPlanMethod(DepthPlan.full(cfg.depth, cfg.patch_nums))}
+    for d in preset.depth_choices:
+        budget = DepthBudget(cfg.depth, cfg.patch_nums, d, bridge_scales=preset.bridge_scales, subset_rule=rule,
+                             depth_choices=preset.depth_choices)
+        for name in names:
+            if name != "full":
+                methods[f"{name}-d{d}"] = build_method(name, var, MethodOptions(budget=budget,
+                                                                                device=str(var.pos_1LC.device)))
+    return methods
+
+
+def bench_sampling(var: VAR, vqvae: VQVAE, methods: dict[str, SamplingMethod], batch: int, device: torch.device,
                    sampling: SamplingConfig, warmup: int, repeats: int, peak_tflops: float | None) -> list[Row]:
+    """Model-only sampling latency (no VQVAE decode) of each method; FLOPs are those the sampler executed."""
     cfg = var.config
     var.eval()
     label = torch.arange(batch, device=device) % cfg.num_classes
     rows = []
     base_time = base_block_flops = None
-    for name, plan in plans.items():
-        method = StaticPlanMethod(plan, name)
-        blocks = [tuple(range(cfg.depth)) if s.blocks is None else s.blocks for s in plan.scales]
-        closed = sampling_flops(cfg.embed_dim, cfg.vocab_size, cfg.z_channels, cfg.patch_nums, blocks)
-
+    for name, method in methods.items():
         def run(method=method):
-            return generate(var, vqvae, label, sampling, TokenRNG.shared_seed(0, device), method=method,
+            return generate(var, vqvae, label, sampling, TokenRNG.per_image(range(batch), device), method=method,
                             decode=False)
 
         _reset_peak(device)
         seconds = _time(run, device, warmup, repeats)
         out = run()
-        if out.flops != closed.total * batch:
-            raise AssertionError(f"{name}: counted {out.flops} FLOPs, closed form {closed.total * batch}")
+        counted = FlopCounter()
+        for step in out.stats:
+            counted.merge(step.flops)
+        if isinstance(method, StaticPlanMethod):  # scale-wise plans: the count must equal the closed form
+            blocks = [tuple(range(cfg.depth)) if sc.blocks is None else sc.blocks for sc in method.plan.scales]
+            closed = sampling_flops(cfg.embed_dim, cfg.vocab_size, cfg.z_channels, cfg.patch_nums, blocks)
+            if out.flops != closed.total * batch:
+                raise AssertionError(f"{name}: counted {out.flops} FLOPs, closed form {closed.total * batch}")
         tflops = out.flops / seconds / 1e12
         if base_time is None:
-            base_time, base_block_flops = seconds, _block_flops(closed)
-        rows.append(Row("sample", name, batch, seconds * 1e3, batch / seconds, closed.total, tflops,
-                        ideal_speedup=base_block_flops / _block_flops(closed), measured_speedup=base_time / seconds,
+            base_time, base_block_flops = seconds, _block_flops(counted)
+        rows.append(Row("sample", name, batch, seconds * 1e3, batch / seconds, out.flops / batch, tflops,
+                        ideal_speedup=base_block_flops / _block_flops(counted), measured_speedup=base_time / seconds,
                         mfu=tflops / peak_tflops if peak_tflops else None, peak_mem_gb=_peak_gb(device),
                         kv_cache_gb=out.kv_cache_bytes / 2**30))
     return rows
@@ -201,15 +220,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None)
     parser.add_argument("--subset-rule", choices=["nested", "equidistant"], default="nested")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's); 1 gives stable numbers on a shared machine")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--no-sample", action="store_true")
     parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--methods", nargs="+", default=["variant", "depthvar", "stagevar", "fastvar", "earlyexit"],
+                        help="sampling methods timed at every depth budget of the preset (plus full)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     preset = PRESETS[args.preset]()
     torch.manual_seed(0)
@@ -226,8 +251,9 @@ def main(argv: list[str] | None = None) -> dict:
         train_batch = args.train_batch or (4 if device.type == "cpu" else 8)
         rows += bench_training(var, plans, train_batch, device, dtype, args.warmup, args.repeats, peak)
     if not args.no_sample:
+        methods = sampling_methods(var, preset, args.subset_rule, args.methods)
         for batch in args.batch or ([4] if device.type == "cpu" else [1, 16, 64]):
-            rows += bench_sampling(var, vqvae, plans, batch, device, sampling, args.warmup, args.repeats, peak)
+            rows += bench_sampling(var, vqvae, methods, batch, device, sampling, args.warmup, args.repeats, peak)
     result = {"preset": args.preset, "device": name, "dtype": str(dtype), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "subset_rule": args.subset_rule,
               "bridge_scales": preset.bridge_scales, "rows": [asdict(r) for r in rows]}
