@@ -657,3 +657,13 @@ def _replace(obj: Any, parts: list[str], prefix: str, value: Any) -> Any:
     except ValueError as err:
         where = repr(prefix) if prefix else "config"
         raise ConfigError(f"invalid {type(obj).__name__} at {where}: {err}", key=prefix) from err
+
+
+def ensure_config(cls: type[T], value: T | Mapping[str, Any], where: str = "") -> T:
+    """`value` itself when it already is a `cls`, else `from_dict(cls, value)` (e.g. a config restored from a
+    checkpoint's plain-dict hyper-parameters)."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return from_dict(cls, value, where)
+    raise TypeError(f"expected a {cls.__name__} or a mapping, got {type(value).__name__}")

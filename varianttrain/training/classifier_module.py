@@ -14,7 +14,6 @@ the feature used for FID (F = widths[-1]).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from varianttrain.config_io import from_dict, to_dict
+from varianttrain.config_io import ensure_config, to_dict
+from varianttrain.training.optim import adamw_warmup_cosine
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -89,14 +89,6 @@ class ClassifierTaskConfig:
         """The constructor arguments of `DemoClassifierNet` (what an exported file records)."""
         return {"num_classes": self.num_classes, "widths": list(self.widths),
                 "blocks_per_stage": self.blocks_per_stage, "dropout": self.dropout}
-
-
-def _as_task_config(task_cfg: ClassifierTaskConfig | Mapping[str, Any]) -> ClassifierTaskConfig:
-    if isinstance(task_cfg, ClassifierTaskConfig):
-        return task_cfg
-    if isinstance(task_cfg, Mapping):  # from YAML, or from the hyper-parameters of a Lightning checkpoint
-        return from_dict(ClassifierTaskConfig, task_cfg)
-    raise TypeError(f"expected a ClassifierTaskConfig or a mapping, got {type(task_cfg).__name__}")
 
 
 # ------------------------------------------------------------------------------------------------------ network
@@ -216,7 +208,7 @@ def load_demo_extractor(path: str | Path, device: str | torch.device = "cpu") ->
     elif isinstance(obj, Mapping) and isinstance(obj.get("hyper_parameters"), Mapping) and "task_cfg" in obj[
             "hyper_parameters"] and isinstance(obj.get("state_dict"), Mapping):  # Lightning checkpoint of the task
         try:
-            arch = _as_task_config(obj["hyper_parameters"]["task_cfg"]).arch()
+            arch = ensure_config(ClassifierTaskConfig, obj["hyper_parameters"]["task_cfg"]).arch()
         except (ValueError, TypeError) as err:
             raise CheckpointError(f"{path}: not a `classifier` task checkpoint: {err}") from err
         state = {k[len("net."):]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
@@ -236,16 +228,6 @@ def load_demo_extractor(path: str | Path, device: str | torch.device = "cpu") ->
 
 
 # ---------------------------------------------------------------------------------------------- lightning module
-def _warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """lr factor: linear warmup to 1, then cosine to `min_ratio` at `total_steps` (constant 1 if total <= 0)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if total_steps <= warmup_steps:
-        return 1.0
-    t = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
 class ClassifierModule(L.LightningModule):
     """Trains `DemoClassifierNet` (attribute `net`) with cross-entropy on `(img_B3HW in [-1, 1], label_B)` batches.
 
@@ -254,7 +236,7 @@ class ClassifierModule(L.LightningModule):
 
     def __init__(self, task_cfg: ClassifierTaskConfig | Mapping[str, Any]) -> None:
         super().__init__()
-        self.task_cfg = _as_task_config(task_cfg)
+        self.task_cfg = ensure_config(ClassifierTaskConfig, task_cfg)
         self.save_hyperparameters({"task_cfg": to_dict(self.task_cfg)})
         with torch.random.fork_rng(devices=[]):  # initialisation depends on the task seed only
             torch.manual_seed(self.task_cfg.seed)
@@ -321,13 +303,9 @@ class ClassifierModule(L.LightningModule):
         cfg = self.task_cfg
         decay = [p for p in self.net.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.net.parameters() if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
         total = self.trainer.max_steps if self._trainer is not None else -1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: _warmup_cosine(step, cfg.warmup_steps, total, cfg.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(decay, no_decay, cfg.lr, cfg.betas, cfg.weight_decay, cfg.warmup_steps, total,
+                                   cfg.min_lr_ratio)
 
     # -------------------------------------------------------------------------------------------------- export
     def save_classifier(self, path: str | Path) -> Path:

@@ -91,3 +91,27 @@ class VARSchedule(torch.optim.lr_scheduler.LRScheduler):
     def state_dict(self) -> dict:
         # The config is rebuilt from the run config on resume; only the counters are state.
         return {k: v for k, v in super().state_dict().items() if k != "cfg"}
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """lr factor of the small demo tasks: linear warm-up to 1, then cosine to `min_ratio` at `total_steps`.
+
+    Constant 1 after warm-up when `total_steps` is unknown (<= warmup_steps), e.g. a run bounded by epochs.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    t = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def adamw_warmup_cosine(decay: list[nn.Parameter], no_decay: list[nn.Parameter], lr: float,
+                        betas: tuple[float, float], weight_decay: float, warmup_steps: int, total_steps: int,
+                        min_lr_ratio: float) -> dict:
+    """AdamW over (decayed, not decayed) parameter groups with a per-step warm-up + cosine schedule (Lightning dict)."""
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, min_lr_ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

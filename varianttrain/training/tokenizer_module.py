@@ -26,7 +26,6 @@ K scales, N query rows.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,9 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
-from varianttrain.config_io import from_dict, to_dict
+from varianttrain.config_io import ensure_config, from_dict, to_dict
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
+from varianttrain.training.optim import adamw_warmup_cosine
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -128,14 +128,6 @@ class TokenizerTaskConfig:
         return self.vqvae_config().image_size
 
 
-def _as_task_config(task_cfg: TokenizerTaskConfig | Mapping[str, Any]) -> TokenizerTaskConfig:
-    if isinstance(task_cfg, TokenizerTaskConfig):
-        return task_cfg
-    if isinstance(task_cfg, Mapping):  # from YAML, or from the hyper-parameters of a Lightning checkpoint
-        return from_dict(TokenizerTaskConfig, task_cfg)
-    raise TypeError(f"expected a TokenizerTaskConfig or a mapping, got {type(task_cfg).__name__}")
-
-
 def reconstruction_psnr(recon_B3HW: torch.Tensor, img_B3HW: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of [-1, 1] images, measured on the [0, 1] scale after clamping the reconstruction."""
     mse_B = ((recon_B3HW.detach().float().clamp(-1, 1) - img_B3HW.float()) / 2).square().flatten(1).mean(1)
@@ -147,16 +139,6 @@ def _gradient_l1(recon_B3HW: torch.Tensor, img_B3HW: torch.Tensor) -> torch.Tens
     dx = (recon_B3HW.diff(dim=-1) - img_B3HW.diff(dim=-1)).abs().mean()
     dy = (recon_B3HW.diff(dim=-2) - img_B3HW.diff(dim=-2)).abs().mean()
     return (dx + dy) / 2
-
-
-def _warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """lr factor: linear warmup to 1, then cosine to `min_ratio` at `total_steps` (constant 1 if total <= 0)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if total_steps <= warmup_steps:
-        return 1.0
-    t = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class TokenizerModule(L.LightningModule):
@@ -172,7 +154,7 @@ class TokenizerModule(L.LightningModule):
 
     def __init__(self, task_cfg: TokenizerTaskConfig | Mapping[str, Any]) -> None:
         super().__init__()
-        self.task_cfg = _as_task_config(task_cfg)
+        self.task_cfg = ensure_config(TokenizerTaskConfig, task_cfg)
         # A plain dict, so that checkpoints load with weights_only=True and `load_from_checkpoint` rebuilds the module.
         self.save_hyperparameters({"task_cfg": to_dict(self.task_cfg)})
         # Initialisation depends on the task seed only, and leaves the global RNG as the caller had it.
@@ -354,13 +336,9 @@ class TokenizerModule(L.LightningModule):
                 continue
             is_codebook = name.startswith("quantize.embedding")
             (decay if p.ndim >= 2 and not is_codebook else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
         total = self.trainer.max_steps if self._trainer is not None else -1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: _warmup_cosine(step, cfg.warmup_steps, total, cfg.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(decay, no_decay, cfg.lr, cfg.betas, cfg.weight_decay, cfg.warmup_steps, total,
+                                   cfg.min_lr_ratio)
 
     # -------------------------------------------------------------------------------------------------- export
     def export_vqvae(self, path: str | Path) -> tuple[Path, Path]:
