@@ -57,3 +57,27 @@ def golden_models(golden):
     var = VAR(var_cfg).eval()
     var.load_state_dict(golden["var_state_dict"], strict=True)
     return vqvae, var
+
+
+def random_tiny_var(depth: int, patch_nums: tuple[int, ...], vocab_size: int, seed: int = 0,
+                    num_classes: int = 5, z_channels: int = 8, scale: float = 0.2):
+    """A tiny VAR whose every weight is redrawn N(0, scale^2), so no block is near the identity (the official init
+    makes every block ~identity, which would hide bugs in code that skips blocks)."""
+    from varianttrain.models.var import VAR, VARConfig
+
+    torch.manual_seed(seed)
+    model = VAR(VARConfig.for_depth(depth, embed_dim=64, num_heads=2, patch_nums=patch_nums,
+                                    num_classes=num_classes, vocab_size=vocab_size, z_channels=z_channels,
+                                    drop_path_rate=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
+def tiny_vqvae(patch_nums: tuple[int, ...], vocab_size: int, seed: int = 1, z_channels: int = 8):
+    """A frozen randomly initialised VQVAE of the smallest legal width (ch 32)."""
+    from varianttrain.models.vqvae import VQVAE, VQVAEConfig
+
+    torch.manual_seed(seed)
+    return VQVAE(VQVAEConfig(vocab_size=vocab_size, z_channels=z_channels, ch=32, patch_nums=patch_nums)).freeze()

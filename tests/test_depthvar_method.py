@@ -10,13 +10,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import random_tiny_var, tiny_vqvae
 
 from varianttrain.methods.depthvar import DepthVARMethod, capacity_plan, counted_flops, default_layer_range
 from varianttrain.methods.depthvar_schedule import DepthVARConfig, layer_positions, upsample_tokens
 from varianttrain.methods.registry import DepthBudget, MethodOptions, available_methods, build_method
 from varianttrain.models.depth_plan import ScalePlan
 from varianttrain.models.var import VAR, VARConfig
-from varianttrain.models.vqvae import VQVAE, VQVAEConfig
+from varianttrain.models.vqvae import VQVAE
 from varianttrain.sampling.config import SamplingConfig
 from varianttrain.sampling.rng import TokenRNG
 from varianttrain.sampling.sampler import generate
@@ -36,19 +37,12 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def var() -> VAR:
-    torch.manual_seed(0)
-    model = VAR(VARConfig.for_depth(DEPTH, embed_dim=64, num_heads=2, patch_nums=PATCH_NUMS, num_classes=5,
-                                    vocab_size=32, z_channels=8, drop_path_rate=0.0))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return model.eval()
+    return random_tiny_var(DEPTH, PATCH_NUMS, vocab_size=32, seed=0)
 
 
 @pytest.fixture(scope="module")
 def vqvae() -> VQVAE:
-    torch.manual_seed(1)
-    return VQVAE(VQVAEConfig(vocab_size=32, z_channels=8, ch=32, patch_nums=PATCH_NUMS)).freeze()
+    return tiny_vqvae(PATCH_NUMS, vocab_size=32, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_tiny_var, tiny_vqvae
 
 from varianttrain.models.depth_plan import (
     DepthPlan,
@@ -12,8 +13,8 @@ from varianttrain.models.depth_plan import (
     layer_subset,
     nested_layer_subsets,
 )
-from varianttrain.models.var import VAR, VARConfig
-from varianttrain.models.vqvae import VQVAE, VQVAEConfig
+from varianttrain.models.var import VAR
+from varianttrain.models.vqvae import VQVAE
 from varianttrain.sampling.config import SamplingConfig
 from varianttrain.sampling.rng import TokenRNG
 from varianttrain.sampling.sampler import SamplingMethod, StaticPlanMethod, generate
@@ -23,14 +24,7 @@ DEPTH = 6
 
 
 def _randomised_var(seed: int = 0) -> VAR:
-    """A tiny VAR whose blocks are far from identity (the official init makes every block ~identity)."""
-    torch.manual_seed(seed)
-    var = VAR(VARConfig.for_depth(DEPTH, embed_dim=64, num_heads=2, patch_nums=PATCH_NUMS, num_classes=5,
-                                  vocab_size=32, z_channels=8, drop_path_rate=0.0))
-    with torch.no_grad():
-        for p in var.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return var.eval()
+    return random_tiny_var(DEPTH, PATCH_NUMS, vocab_size=32, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +34,7 @@ def var() -> VAR:
 
 @pytest.fixture(scope="module")
 def vqvae() -> VQVAE:
-    torch.manual_seed(1)
-    return VQVAE(VQVAEConfig(vocab_size=32, z_channels=8, ch=32, patch_nums=PATCH_NUMS)).freeze()
+    return tiny_vqvae(PATCH_NUMS, vocab_size=32, seed=1)
 
 
 def _inputs(var: VAR, B: int = 3, seed: int = 0):
