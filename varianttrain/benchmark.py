@@ -191,6 +191,49 @@ def bench_sampling(var: VAR, vqvae: VQVAE, methods: dict[str, SamplingMethod], b
     return rows
 
 
+def analytic_rows(preset: Preset, rule: str, names: list[str], batch: int = 64, kv_bytes_per_el: int = 2) -> list[dict]:
+    """Closed-form cost of every method at every budget for the preset's full-size model, built on the meta device
+    (no memory, no GPU): FLOPs per image, FLOP-ideal speedup (transformer blocks), KV-cache bytes at `batch`."""
+    with torch.device("meta"):
+        var = VAR(preset.var)
+    methods = sampling_methods(var, preset, rule, names)
+    cfg = var.config
+    out, base = [], None
+    for name, method in methods.items():
+        if isinstance(method, StaticPlanMethod):
+            blocks = [tuple(range(cfg.depth)) if sc.blocks is None else sc.blocks for sc in method.plan.scales]
+            flops = sampling_flops(cfg.embed_dim, cfg.vocab_size, cfg.z_channels, cfg.patch_nums, blocks)
+        elif hasattr(method, "expected_flops"):
+            flops = method.expected_flops(var)
+        else:
+            continue
+        if base is None:
+            base = flops
+        kv = None
+        plan = method.kv_capacity_plan()
+        rows = getattr(method, "rows", lambda: [2] * len(cfg.patch_nums))()
+        if plan is not None or isinstance(method, StaticPlanMethod):
+            plan = plan or method.plan
+            table = plan.tokens_per_block()  # [scale][block]
+            kv = sum(r * sum(row) for r, row in zip(rows, table, strict=True)) * 2 * cfg.embed_dim * kv_bytes_per_el
+            kv *= batch
+        out.append({"method": name, "tflops_per_image": flops.total / 1e12,
+                    "ideal_speedup_blocks": _block_flops(base) / _block_flops(flops),
+                    "ideal_speedup_total": base.total / flops.total,
+                    "kv_cache_gb": None if kv is None else kv / 2**30, "batch": batch})
+    return out
+
+
+def format_analytic(rows: list[dict]) -> str:
+    lines = ["| method | TFLOP / image (CFG) | ideal speedup, blocks | ideal speedup, total | KV cache GB (batch "
+             f"{rows[0]['batch']}, bf16) |", "|---|---|---|---|---|"]
+    for r in rows:
+        kv = "-" if r["kv_cache_gb"] is None else f"{r['kv_cache_gb']:.2f}"
+        lines.append(f"| {r['method']} | {r['tflops_per_image']:.3f} | {r['ideal_speedup_blocks']:.2f}x | "
+                     f"{r['ideal_speedup_total']:.2f}x | {kv} |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[Row]) -> str:
     head = (f"| kind | plan | batch | ms | throughput | TFLOP/s | MFU | ideal speedup | measured | "
             f"measured/ideal | peak GB | KV GB |\n|{'---|' * 12}")
@@ -229,8 +272,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--methods", nargs="+", default=["variant", "depthvar", "stagevar", "fastvar", "earlyexit"],
                         help="sampling methods timed at every depth budget of the preset (plus full)")
+    parser.add_argument("--analytic", action="store_true",
+                        help="only the closed-form FLOPs / ideal speedups / KV bytes of the preset (meta device, any "
+                             "machine); d30 numbers without a GPU")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.analytic:
+        preset = PRESETS[args.preset]()
+        rows = analytic_rows(preset, args.subset_rule, args.methods)
+        print(f"# {args.preset}: closed-form cost per method (bridge N={preset.bridge_scales}, "
+              f"{args.subset_rule} subsets)")
+        print(format_analytic(rows))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"preset": args.preset, "analytic": rows}, indent=2))
+        return {"analytic": rows}
 
     device = torch.device(args.device)
     if args.threads:
