@@ -225,7 +225,7 @@ def analytic_rows(preset: Preset, rule: str, names: list[str], batch: int = 64, 
 
 
 def format_analytic(rows: list[dict]) -> str:
-    lines = ["| method | TFLOP / image (CFG) | ideal speedup, blocks | ideal speedup, total | KV cache GB (batch "
+    lines = ["| method | TFLOP / image (CFG) | ideal speedup, blocks | ideal speedup, total | KV cache GiB (batch "
              f"{rows[0]['batch']}, bf16) |", "|---|---|---|---|---|"]
     for r in rows:
         kv = "-" if r["kv_cache_gb"] is None else f"{r['kv_cache_gb']:.2f}"
