@@ -334,7 +334,8 @@ def build_trainer(cfg: Any, spec: TaskSpec, run_dir: Path, derived: Derived,
     # Periodic step checkpoints, the newest `ckpt_keep` kept (monitor 'step' makes top-k mean "latest k").
     callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
                                      every_n_train_steps=tcfg.ckpt_every_n_steps or None, save_top_k=tcfg.ckpt_keep,
-                                     monitor="step", mode="max", save_last=True, save_on_train_epoch_end=False)
+                                     monitor="step", mode="max", save_last=True, save_on_train_epoch_end=False,
+                                     enable_version_counter=False)  # a resumed run must update last.ckpt itself
                      if tcfg.ckpt_every_n_steps else
                      ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
                                      enable_version_counter=False))

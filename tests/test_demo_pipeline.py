@@ -1,0 +1,164 @@
+"""The built-in demo: shipped checkpoints (sums, strict float32 loading), deterministic data, every demo recipe config
+runs a few steps through the runner, `demo.py --quick` end to end, the findings' quick tables.
+
+Everything writes under tmp_path: a tiny demo data set (8 train + 4 val images per class) tokenised with the shipped
+tokenizer stands in for data/demo.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from varianttrain.demo.artifacts import (
+    CLASSIFIER_FILE,
+    SUMS_FILE,
+    VQVAE_FILE,
+    load_demo_models,
+    sha256_file,
+    tokenize_demo,
+    var_file,
+    verify_sums,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CKPT = REPO / "checkpoints" / "demo"
+TINY = {"per_class": 8, "per_class_val": 4}  # the default 8 train + 4 val shards
+RECIPES = ["tokenizer", "classifier", "var_pretrain", "supernet", "supernet_fixed_p0.1", "supernet_fixed_p1.0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory) -> dict[str, Path]:
+    """A tiny demo data set and its tokens (shipped tokenizer) in a temporary folder."""
+    from varianttrain.data.demo_dataset import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    torch.set_num_threads(2)
+    generate_demo_dataset(root / "data", **TINY)
+    tokens = tokenize_demo(root / "data", CKPT / VQVAE_FILE, root / "tokens", log=lambda msg: None)
+    return {"root": root, "data": root / "data", "tokens": tokens}
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_shipped_checkpoints_match_sha256sums():
+    assert (CKPT / SUMS_FILE).is_file() and (CKPT / "RECIPE.md").is_file()
+    assert verify_sums(CKPT) == []
+    listed = {line.split()[1] for line in (CKPT / SUMS_FILE).read_text().splitlines() if line.strip()}
+    assert {VQVAE_FILE, "vqvae.json", CLASSIFIER_FILE, var_file(CKPT).name, var_file(CKPT).with_suffix(".json").name} \
+        <= listed
+    total = sum((CKPT / name).stat().st_size for name in listed)
+    assert total < 20 * 2**20, f"shipped demo models take {total / 2**20:.1f} MiB"
+
+
+def test_verify_sums_reports_a_modified_file(tmp_path):
+    import shutil
+
+    for p in CKPT.iterdir():
+        shutil.copy(p, tmp_path / p.name)
+    with open(tmp_path / "vqvae.json", "a") as f:
+        f.write(" ")
+    problems = verify_sums(tmp_path)
+    assert len(problems) == 1 and "vqvae.json" in problems[0]
+
+
+def test_shipped_models_load_strictly_as_float32():
+    models = load_demo_models(CKPT)  # strict loads inside; a missing or extra key raises
+    for module in (models.var, models.vqvae, models.extractor):
+        dtypes = {p.dtype for p in module.parameters()}
+        assert dtypes == {torch.float32}
+    assert models.var.depth == models.var_meta["depth"] and models.var.num_classes == 10
+    stored = torch.load(models.var_path, map_location="cpu", weights_only=True)
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}  # compact storage
+    assert set(stored) == set(models.var.state_dict())
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    feats, logits = models.extractor(images)
+    assert feats.shape == (2, 128) and logits.shape == (2, 10)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_demo_data_generator_is_deterministic(tmp_path):
+    from varianttrain.data.demo_dataset import generate_demo_dataset, render_image
+
+    for c in (0, 7):
+        assert np.array_equal(render_image(0, c, 3), render_image(0, c, 3))
+    assert not np.array_equal(render_image(0, 1, 3), render_image(1, 1, 3))
+    small = {"per_class": 2, "per_class_val": 1, "train_shards": 1, "val_shards": 1}
+    a = generate_demo_dataset(tmp_path / "a", **small)
+    b = generate_demo_dataset(tmp_path / "b", **small)
+    assert a["content_sha256"] == b["content_sha256"] and a["files_sha256"] == b["files_sha256"]
+
+
+def test_tokens_are_reused_and_match_the_tokenizer(tiny_demo):
+    meta = json.loads((tiny_demo["tokens"] / "train" / "meta.json").read_text())
+    assert meta["num_samples"] == 160 and meta["seq_len"] == 30  # 80 images + their mirror images
+    source = json.loads((tiny_demo["tokens"] / "source.json").read_text())
+    assert source["vqvae_sha256"] == sha256_file(CKPT / VQVAE_FILE)
+    messages: list[str] = []
+    tokenize_demo(tiny_demo["data"], CKPT / VQVAE_FILE, tiny_demo["tokens"], log=messages.append)
+    assert any("reusing" in m for m in messages)
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_config_runs_two_steps(recipe, tiny_demo, tmp_path, monkeypatch):
+    from varianttrain.training.runner import run
+
+    monkeypatch.chdir(REPO)  # the configs name checkpoints/demo/... relative to the repository root
+    data, tokens = tiny_demo["data"], tiny_demo["tokens"]
+    overrides = [f"run.root={tmp_path}", "trainer.max_steps=2", "trainer.ckpt_every_n_steps=2",
+                 "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "data.batch_size=4"]
+    if recipe in ("tokenizer", "classifier"):
+        overrides += [f"data.train_path={data}/shards/train-{{000000..000007}}.tar", "data.epoch_length=80"]
+    else:
+        overrides += [f"data.train_path={tokens}/train", f"data.val_path={tokens}/val",
+                      "validation.every_n_steps=2", "validation.num_batches=1", "validation.sample_classes=[0, 1]"]
+    if recipe.startswith("supernet"):
+        overrides += ["supernet.schedule.phase1=1", "supernet.schedule.phase2=1"]
+    assert run(REPO / "configs" / "demo" / f"{recipe}.yaml", overrides) == 0
+    ckpts = list(tmp_path.glob("*/000/checkpoints/*.ckpt"))
+    assert ckpts, f"{recipe}: no checkpoint written"
+
+
+# ------------------------------------------------------------------------------------------------ main command
+def test_demo_quick_end_to_end(tiny_demo, tmp_path, monkeypatch):
+    from varianttrain.demo.pipeline import DemoOptions, run_demo
+
+    root = tiny_demo["root"]
+    opts = DemoOptions(quick=True, out_root=str(tmp_path / "runs"), data_dir=str(tiny_demo["data"]),
+                       tokens_dir=str(tiny_demo["tokens"]), per_class=TINY["per_class"],
+                       per_class_val=TINY["per_class_val"])
+    monkeypatch.chdir(root)
+    summary = run_demo(opts, log=lambda msg: None)
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.parent == tmp_path / "runs" / "demo" and (run_dir / "summary.md").is_file()
+    assert (run_dir / "pareto.png").stat().st_size > 0
+    methods = {(r["budget"], r["method"]) for r in summary["rows"]}
+    assert ("D = 8", "full") in methods
+    for d in summary["depths"]:
+        assert {(f"d = {d}", m) for m in ("variant", "depthvar", "stagevar", "fastvar", "earlyexit")} <= methods
+        assert (run_dir / f"eval_d{d}" / "report.md").is_file()
+    ok_rows = [r for r in summary["rows"] if r["status"] == "ok"]
+    assert all(r["fid"] is not None and r["class_acc"] is not None for r in ok_rows)
+    again = run_demo(opts, log=lambda msg: None)  # a second run never touches the first one
+    assert Path(again["run_dir"]) != run_dir and (run_dir / "summary.md").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ findings
+@pytest.mark.parametrize("finding", ["asymmetry", "skipping", "ratio"])
+def test_findings_quick_produce_a_table(finding, tiny_demo, tmp_path, monkeypatch):
+    from varianttrain.demo.findings import Setup, run_finding
+
+    setup = Setup(quick=True, log=lambda msg: None, data_dir=str(tiny_demo["data"]),
+                  tokens_dir=str(tiny_demo["tokens"]), per_class=TINY["per_class"],
+                  per_class_val=TINY["per_class_val"])
+    kwargs = {"supernet": str(var_file(CKPT))} if finding == "skipping" else {}  # stand-in: no training needed
+    monkeypatch.chdir(tmp_path)  # run_finding moves to the repository root; restored afterwards
+    results = run_finding(finding, setup, out_root=tmp_path, **kwargs)
+    out = Path(results["out_dir"])
+    assert (out / "table.md").is_file() and Path(results["plot"]).stat().st_size > 0
+    assert results["table"].startswith("|") and len(results["rows"]) >= 4
+    assert all(0.0 <= r["class_acc"] <= 1.0 and r["gflops"] > 0 for r in results["rows"])
