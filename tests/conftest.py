@@ -81,3 +81,26 @@ def tiny_vqvae(patch_nums: tuple[int, ...], vocab_size: int, seed: int = 1, z_ch
 
     torch.manual_seed(seed)
     return VQVAE(VQVAEConfig(vocab_size=vocab_size, z_channels=z_channels, ch=32, patch_nums=patch_nums)).freeze()
+
+
+def loss_recorder():
+    """A Lightning callback that records the training loss of every step (in `.losses`)."""
+    import lightning as L
+
+    class LossRecorder(L.Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.losses.append(float(outputs["loss"]))
+
+    return LossRecorder()
+
+
+def quiet_cpu_trainer(steps: int, callbacks=(), **kwargs):
+    """A bare CPU Lightning Trainer for module tests: no logger, checkpoints, progress bar or sanity check."""
+    import lightning as L
+
+    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+                     num_sanity_val_steps=0, **kwargs)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
+from conftest import loss_recorder, quiet_cpu_trainer
 from torch.utils.data import DataLoader, Dataset
 
 from varianttrain.checkpoints import CheckpointError
@@ -59,18 +59,8 @@ class FixedBatch(Dataset):
         return self.batch
 
 
-class LossRecorder(L.Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"]))
-
-
-def _trainer(steps: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
-                     num_sanity_val_steps=0)
+def _trainer(steps: int, callbacks=()):
+    return quiet_cpu_trainer(steps, callbacks)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +69,7 @@ def trained():
     torch.set_num_threads(1)  # robust on shared, oversubscribed cores
     module = build_classifier_module(from_dict(ClassifierTaskConfig, TINY))
     img_B3HW, label_B = synthetic_shapes(16)
-    recorder = LossRecorder()
+    recorder = loss_recorder()
     trainer = _trainer(30, [recorder])
     trainer.fit(module, DataLoader(FixedBatch(img_B3HW, label_B, 30), batch_size=None),
                 DataLoader(FixedBatch(img_B3HW, label_B, 1), batch_size=None))

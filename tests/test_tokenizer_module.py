@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-import lightning as L
 import pytest
 import torch
+from conftest import loss_recorder, quiet_cpu_trainer
 from torch.utils.data import DataLoader, Dataset
 
 from varianttrain.checkpoints import CheckpointError, load_vqvae_weights
@@ -58,18 +58,8 @@ def _loader(img_B3HW: torch.Tensor, label_B: torch.Tensor, steps: int) -> DataLo
     return DataLoader(FixedBatch(img_B3HW, label_B, steps), batch_size=None)
 
 
-class LossRecorder(L.Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"]))
-
-
-def _trainer(steps: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
-                     limit_val_batches=1, num_sanity_val_steps=0)
+def _trainer(steps: int, callbacks=()):
+    return quiet_cpu_trainer(steps, callbacks, limit_val_batches=1)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +68,7 @@ def trained():
     torch.set_num_threads(1)  # robust on shared, oversubscribed cores
     module = build_tokenizer_module(from_dict(TokenizerTaskConfig, TINY))
     img_B3HW, label_B = synthetic_shapes(4)
-    recorder = LossRecorder()
+    recorder = loss_recorder()
     trainer = _trainer(30, [recorder])
     trainer.fit(module, _loader(img_B3HW, label_B, 30), _loader(img_B3HW, label_B, 1))
     return module, recorder.losses, img_B3HW

@@ -26,7 +26,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from varianttrain.config_io import ensure_config, to_dict
-from varianttrain.training.optim import adamw_warmup_cosine
+from varianttrain.training.optim import adamw_warmup_cosine, check_adamw_settings
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -76,12 +76,7 @@ class ClassifierTaskConfig:
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"dropout and label_smoothing must lie in [0, 1), got {self.dropout}, "
                              f"{self.label_smoothing}")
-        if self.lr <= 0 or not all(0.0 <= b < 1.0 for b in self.betas) or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0, betas in [0, 1), weight_decay >= 0; got {self.lr}, {self.betas}, "
-                             f"{self.weight_decay}")
-        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"need warmup_steps >= 0 and min_lr_ratio in [0, 1], got {self.warmup_steps}, "
-                             f"{self.min_lr_ratio}")
+        check_adamw_settings(self.lr, self.betas, self.weight_decay, self.warmup_steps, self.min_lr_ratio)
         if self.max_shift < 0 or not 0.0 <= self.brightness < 1.0:
             raise ValueError(f"need max_shift >= 0 and brightness in [0, 1), got {self.max_shift}, {self.brightness}")
 

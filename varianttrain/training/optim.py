@@ -115,3 +115,12 @@ def adamw_warmup_cosine(decay: list[nn.Parameter], no_decay: list[nn.Parameter],
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, min_lr_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_adamw_settings(lr: float, betas: tuple[float, float], weight_decay: float, warmup_steps: int,
+                         min_lr_ratio: float) -> None:
+    """Validate the optimizer fields the demo task configs share; ValueError names the bad values."""
+    if lr <= 0 or not all(0.0 <= b < 1.0 for b in betas) or weight_decay < 0:
+        raise ValueError(f"need lr > 0, betas in [0, 1), weight_decay >= 0; got {lr}, {betas}, {weight_decay}")
+    if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"need warmup_steps >= 0 and min_lr_ratio in [0, 1], got {warmup_steps}, {min_lr_ratio}")

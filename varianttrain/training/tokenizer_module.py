@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from varianttrain.config_io import ensure_config, from_dict, to_dict
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
-from varianttrain.training.optim import adamw_warmup_cosine
+from varianttrain.training.optim import adamw_warmup_cosine, check_adamw_settings
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -97,12 +97,7 @@ class TokenizerTaskConfig:
             raise ValueError(f"vocab_size must be >= 2 and z_channels >= 1, got {self.vocab_size}, {self.z_channels}")
         if list(self.patch_nums) != sorted(set(self.patch_nums)) or self.patch_nums[0] < 1:
             raise ValueError(f"patch_nums must be strictly increasing positive sides, got {self.patch_nums}")
-        if self.lr <= 0 or not all(0.0 <= b < 1.0 for b in self.betas) or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0, betas in [0, 1), weight_decay >= 0; got {self.lr}, {self.betas}, "
-                             f"{self.weight_decay}")
-        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"need warmup_steps >= 0 and min_lr_ratio in [0, 1], got {self.warmup_steps}, "
-                             f"{self.min_lr_ratio}")
+        check_adamw_settings(self.lr, self.betas, self.weight_decay, self.warmup_steps, self.min_lr_ratio)
         weights = {"l1_weight": self.l1_weight, "l2_weight": self.l2_weight, "vq_weight": self.vq_weight,
                    "gradient_weight": self.gradient_weight}
         negative = [name for name, w in weights.items() if w < 0]
