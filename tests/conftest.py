@@ -104,3 +104,16 @@ def quiet_cpu_trainer(steps: int, callbacks=(), **kwargs):
     return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                      enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
                      num_sanity_val_steps=0, **kwargs)
+
+
+class FixedBatch(torch.utils.data.Dataset):
+    """The same batch `length` times: an overfitting check sees one fixed set of images every step."""
+
+    def __init__(self, img_B3HW: torch.Tensor, label_B: torch.Tensor, length: int) -> None:
+        self.batch, self.length = (img_B3HW, label_B), length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch

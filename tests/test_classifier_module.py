@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import loss_recorder, quiet_cpu_trainer
-from torch.utils.data import DataLoader, Dataset
+from conftest import FixedBatch, loss_recorder, quiet_cpu_trainer
+from torch.utils.data import DataLoader
 
 from varianttrain.checkpoints import CheckpointError
 from varianttrain.config_io import ConfigError, from_dict, to_dict
@@ -46,17 +46,6 @@ def synthetic_shapes(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tenso
 
 def to_uint8(img_B3HW: torch.Tensor) -> torch.Tensor:
     return ((img_B3HW + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-class FixedBatch(Dataset):
-    def __init__(self, img_B3HW: torch.Tensor, label_B: torch.Tensor, length: int) -> None:
-        self.batch, self.length = (img_B3HW, label_B), length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.batch
 
 
 def _trainer(steps: int, callbacks=()):

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import loss_recorder, quiet_cpu_trainer
-from torch.utils.data import DataLoader, Dataset
+from conftest import FixedBatch, loss_recorder, quiet_cpu_trainer
+from torch.utils.data import DataLoader
 
 from varianttrain.checkpoints import CheckpointError, load_vqvae_weights
 from varianttrain.config_io import ConfigError, from_dict, to_dict
@@ -39,19 +39,6 @@ def synthetic_shapes(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tenso
         imgs.append(torch.where(mask, fg, bg).float())
         labels.append(i % 2)
     return torch.stack(imgs), torch.tensor(labels, dtype=torch.int64)
-
-
-class FixedBatch(Dataset):
-    """The same batch `length` times: an overfitting check sees one fixed set of images every step."""
-
-    def __init__(self, img_B3HW: torch.Tensor, label_B: torch.Tensor, length: int) -> None:
-        self.batch, self.length = (img_B3HW, label_B), length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.batch
 
 
 def _loader(img_B3HW: torch.Tensor, label_B: torch.Tensor, steps: int) -> DataLoader:
