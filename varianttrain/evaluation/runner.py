@@ -116,8 +116,11 @@ def load_vqvae(path: Path, patch_nums: Sequence[int], ch: int | None = None,
     """The VQVAE of `path`; width, vocabulary and channels are read off the weights unless `ch` is given."""
     state = extract_vqvae_state_dict(read_file(path), str(path))
     codebook = state["quantize.embedding.weight"]
-    config = VQVAEConfig(vocab_size=int(codebook.shape[0]), z_channels=int(codebook.shape[1]),
-                         ch=ch or int(state["encoder.conv_in.weight"].shape[0]), patch_nums=tuple(patch_nums))
+    ch = ch or int(state["encoder.conv_in.weight"].shape[0])
+    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
+    ch_mult = tuple(int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) // ch for i in levels)
+    config = VQVAEConfig(vocab_size=int(codebook.shape[0]), z_channels=int(codebook.shape[1]), ch=ch,
+                         patch_nums=tuple(patch_nums), ch_mult=ch_mult)
     vqvae = VQVAE(config)
     load_vqvae_weights(vqvae, state)
     return vqvae.freeze().to(device)
@@ -251,7 +254,7 @@ def describe_method(method: SamplingMethod) -> str:
 
 
 def protocol_header(cfg: EvalConfig, sampling, budget: DepthBudget, var: VAR, n_items: int, world: int,
-                    device: torch.device, vqvae_path: Path) -> dict[str, Any]:
+                    device: torch.device, vqvae_path: Path, vqvae: VQVAE) -> dict[str, Any]:
     """Everything that defines the numbers (printed in every results file, USER_ASKS §1)."""
     g, m = cfg.generation, cfg.metrics
     return {
@@ -266,7 +269,7 @@ def protocol_header(cfg: EvalConfig, sampling, budget: DepthBudget, var: VAR, n_
         "seeds": f"per image, rule '{g.seed_rule}', base seed {g.seed} (varianttrain.evaluation.seeds)",
         "batch_size": g.batch_size,
         "image_quantisation": g.rounding,
-        "image_size": 16 * var.patch_nums[-1],
+        "image_size": vqvae.config.image_size,
         "metrics": ("off" if not m.enabled or cfg.cost_only else
                     f"{m.extractor} ({m.inception_weights if m.extractor == 'inception' else m.demo_classifier}), "
                     f"reference {m.ref_stats or m.ref_folder}, feature batch {m.feature_batch_size}, "
@@ -330,7 +333,7 @@ def _run(cfg: EvalConfig, device: torch.device, log: Callable[[str], None]) -> d
     if classes and (min(classes) < 0 or max(classes) >= var.num_classes):
         raise EvalInputError(f"generation classes {classes[:5]}... outside 0..{var.num_classes - 1} of the model")
     items = work_list(classes, g.samples_per_class, g.seed, g.seed_rule)
-    image_size = 16 * var.patch_nums[-1]
+    image_size = vqvae.config.image_size
     out_dir = Path(cfg.out_dir)
 
     do_metrics = cfg.metrics.enabled and not cfg.cost_only
@@ -344,7 +347,7 @@ def _run(cfg: EvalConfig, device: torch.device, log: Callable[[str], None]) -> d
                              vqvae=vqvae, device=str(device),
                              model_loader=lambda p: load_var(Path(p), var.patch_nums, device))
 
-    header = protocol_header(cfg, sampling, budget, var, len(items), world, device, vqvae_path)
+    header = protocol_header(cfg, sampling, budget, var, len(items), world, device, vqvae_path, vqvae)
     log(f"[eval] {len(names)} method(s) {names} | {header['budget']} | {header['samples']} | {world} rank(s)")
     rows: list[dict[str, Any]] = []
     timed = list(names)

@@ -2,7 +2,7 @@
 
 Architecture and operations follow VAR_NOTES section 1; module attribute names are the released state-dict keys
 (`encoder.*`, `decoder.*`, `quantize.*`, `quant_conv`, `post_quant_conv`, in that order). Images are B x 3 x H x W in
-[-1, 1] with H = W = 16 * patch_nums[-1]; latents are B x Cvae x h x w with h = w = patch_nums[-1].
+[-1, 1] with H = W = downsample * patch_nums[-1] (16x for the release); latents are B x Cvae x h x w with h = w = patch_nums[-1].
 
 Unlike the release, construction has no side effects: no process-wide `reset_parameters` patching (VAR_NOTES quirk
 12) and no implicit freezing (`test_mode`); call `freeze()` for a frozen tokenizer.
@@ -43,9 +43,15 @@ class VQVAEConfig:
     using_znorm: bool = False  # cosine-similarity code search instead of L2 (off in the release)
     dropout: float = 0.0  # ResBlock dropout
     default_qresi_counts: int = 0  # number of Phi convs for share_quant_resi == 0 (0: one per scale)
+    # Width multiplier per encoder level; fixed at (1, 1, 2, 2, 4) inside the official class (16x downsampling).
+    # A shorter tuple gives a smaller downsampling factor, e.g. (1, 1, 2, 4): 8x, an 8 x 8 latent at 64 px.
+    ch_mult: tuple[int, ...] = CH_MULT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ValueError(f"ch_mult needs at least one positive multiplier, got {self.ch_mult}")
         if self.ch % 32 != 0:
             raise ValueError(f"ch must be a multiple of 32 (GroupNorm with 32 groups), got {self.ch}")
         if len(self.patch_nums) < 2:
@@ -76,12 +82,12 @@ class VQVAEConfig:
 
     @property
     def downsample(self) -> int:
-        """Spatial reduction of the encoder, 2^(len(ch_mult) - 1) = 16."""
-        return 2 ** (len(CH_MULT) - 1)
+        """Spatial reduction of the encoder, 2^(len(ch_mult) - 1) (16 for the release)."""
+        return 2 ** (len(self.ch_mult) - 1)
 
     @property
     def image_size(self) -> int:
-        """Input resolution the pyramid is built for: 16 * patch_nums[-1] (256 for the release)."""
+        """Input resolution the pyramid is built for: downsample * patch_nums[-1] (256 for the release)."""
         return self.downsample * self.patch_nums[-1]
 
 
@@ -115,7 +121,7 @@ class _Mid(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Image (B, 3, H, W) -> latent (B, z_channels, H/16, W/16) (VAR_NOTES 1.3), before quant_conv."""
+    """Image (B, 3, H, W) -> latent (B, z_channels, H/f, W/f), f = 2^(levels-1) (16 released), before quant_conv."""
 
     def __init__(
         self,
@@ -158,7 +164,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latent (B, z_channels, h, w) -> image (B, 3, 16h, 16w), unclamped (VAR_NOTES 1.4), after post_quant_conv.
+    """Latent (B, z_channels, h, w) -> image (B, 3, f h, f w), unclamped, after post_quant_conv.
 
     `up` is indexed by resolution level (up.0 is the highest resolution) but executed from the last to up.0.
     """
@@ -215,8 +221,8 @@ class VQVAE(nn.Module):
         self.Cvae = cfg.z_channels
         self.patch_nums = cfg.patch_nums
         self.downsample = cfg.downsample
-        self.encoder = Encoder(cfg.ch, cfg.z_channels, dropout=cfg.dropout)
-        self.decoder = Decoder(cfg.ch, cfg.z_channels, dropout=cfg.dropout)
+        self.encoder = Encoder(cfg.ch, cfg.z_channels, ch_mult=cfg.ch_mult, dropout=cfg.dropout)
+        self.decoder = Decoder(cfg.ch, cfg.z_channels, ch_mult=cfg.ch_mult, dropout=cfg.dropout)
         self.quantize = MultiScaleResidualQuantizer(
             vocab_size=cfg.vocab_size,
             Cvae=cfg.z_channels,

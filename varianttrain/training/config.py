@@ -253,9 +253,10 @@ class SupernetRunConfig:
         if self.supernet.bridge_scales > len(self.model.patch_nums):
             raise ValueError(f"supernet.bridge_scales={self.supernet.bridge_scales} exceeds the "
                              f"{len(self.model.patch_nums)} scales of model.patch_nums")
-        if self.data.resolution != 16 * self.model.patch_nums[-1]:
-            raise ValueError(f"data.resolution={self.data.resolution} must be 16 x the last patch_num "
-                             f"({16 * self.model.patch_nums[-1]})")
+        side = self.model.vqvae.image_size
+        if self.data.resolution != side:
+            raise ValueError(f"data.resolution={self.data.resolution} must be the tokenizer's input size {side} "
+                             f"({self.model.vqvae.downsample} x the last patch_num {self.model.patch_nums[-1]})")
 
 
 @dataclass(frozen=True)

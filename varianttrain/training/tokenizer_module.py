@@ -59,14 +59,16 @@ class TokenizerTaskConfig:
     """Everything the `tokenizer` task needs besides data and trainer settings (`task:` group of a run config).
 
     The first block mirrors `VQVAEConfig`; defaults are the demo tokenizer (64 x 64 images, patch_nums ending at
-    64 / 16 = 4). Images must be 16 * patch_nums[-1] pixels square (data.resolution).
+    64 / 16 = 4). Images must be downsample * patch_nums[-1] pixels square (data.resolution), downsample =
+    2^(len(ch_mult) - 1).
     """
 
     # --- VQVAE architecture (VAR_NOTES 1.1) ---
     vocab_size: int = 512  # V, codebook entries shared by all scales
     z_channels: int = 32  # Cvae, latent / code channels
     ch: int = 32  # base width of encoder/decoder; multiple of 32 (GroupNorm groups)
-    patch_nums: tuple[int, ...] = (1, 2, 3, 4)  # token-map side per scale; 16 * last = image side
+    patch_nums: tuple[int, ...] = (1, 2, 3, 4)  # token-map side per scale; downsample * last = image side
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # width per encoder level; 2^(len - 1) = downsample (release: 16)
     beta: float = 0.25  # commitment weight inside the vq loss
     quant_resi: float = 0.5  # r of Phi(h) = (1 - r) h + r conv(h)
     share_quant_resi: int = 4  # Phi sharing layout: 0 per scale, 1 shared, m >= 2 partially shared (release: 4)
@@ -91,6 +93,7 @@ class TokenizerTaskConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         self.vqvae_config()  # raises ValueError for an invalid architecture (e.g. ch not a multiple of 32)
         if self.vocab_size < 2 or self.z_channels < 1:
@@ -115,11 +118,11 @@ class TokenizerTaskConfig:
         """The `VQVAEConfig` of the trained tokenizer (the other VQVAE fields keep the release's values)."""
         return VQVAEConfig(vocab_size=self.vocab_size, z_channels=self.z_channels, ch=self.ch,
                            patch_nums=self.patch_nums, beta=self.beta, quant_resi=self.quant_resi,
-                           share_quant_resi=self.share_quant_resi)
+                           share_quant_resi=self.share_quant_resi, ch_mult=self.ch_mult)
 
     @property
     def image_size(self) -> int:
-        """Side of the training images: 16 * patch_nums[-1]."""
+        """Side of the training images: downsample * patch_nums[-1]."""
         return self.vqvae_config().image_size
 
 
@@ -173,7 +176,7 @@ class TokenizerModule(L.LightningModule):
         side = self.task_cfg.image_size
         if tuple(img_B3HW.shape[-2:]) != (side, side):
             raise ValueError(f"the tokenizer with patch_nums {self.task_cfg.patch_nums} needs {side} x {side} images "
-                             f"(16 * patch_nums[-1]); got {tuple(img_B3HW.shape[-2:])}: set data.resolution={side}")
+                             f"(downsample * patch_nums[-1]); got {tuple(img_B3HW.shape[-2:])}: set data.resolution={side}")
         f_BChw = self.vqvae.encode_latent(img_B3HW)
         f_hat_BChw, vq_loss, usage_K = self.vqvae.quantize(f_BChw)
         recon_B3HW = self.vqvae.decoder(self.vqvae.post_quant_conv(f_hat_BChw))
