@@ -64,6 +64,18 @@ def test_validation_sampling_protocol_is_checked_when_the_config_is_read(value):
         ValidationConfig(sampling_protocol=value)  # built in code, without config_io
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["validation.sample_classes=[0, 10]"], r"validation.sample_classes \[10\] are not classes of the model"),
+    (["validation.sample_classes=[]"], "validation.sample_classes must not be empty"),
+    (["data.num_classes=11"], "data.num_classes=11 exceeds model.num_classes=10"),
+])
+def test_class_settings_the_model_cannot_honour_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(SMOKE_CONFIG, overrides)
+    # No sample grids: the class list is not used, so an empty one is fine.
+    load_run_config(SMOKE_CONFIG, ["validation.sample_classes=[]", "validation.sample_every_n_validations=0"])
+
+
 def test_ddp_fork_two_ranks_same_subnet(tmp_path, monkeypatch):
     """2 CPU processes (ddp_fork, gloo): every micro-batch of every step trains the same subnet on both ranks."""
     monkeypatch.setenv("VARIANTTRAIN_DDP_START_METHOD", "fork")

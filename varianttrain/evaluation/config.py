@@ -23,7 +23,9 @@ class ModelSection:
 
     var: Path | None = None  # released .pth, trainer/Lightning checkpoint, or an export (.pth / .safetensors)
     vqvae: Path | None = None  # vae_ch160v4096z32.pth
-    ema: bool = False  # take the EMA weights of a Lightning training checkpoint
+    # Take the EMA weights of a Lightning training checkpoint. Not for exports: an export holds the weights that
+    # `export --ema` chose, and its architecture (patch_nums included) wins over this section.
+    ema: bool = False
     patch_nums: tuple[int, ...] = RELEASED_PATCH_NUMS
     vqvae_ch: int | None = None  # base width of the VQVAE; None: read off the checkpoint (encoder.conv_in)
     device: str = "auto"  # 'auto' (cuda:LOCAL_RANK when available, else cpu), 'cpu', 'cuda', 'cuda:1'

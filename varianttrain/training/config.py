@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from varianttrain.config_io import ConfigError
 from varianttrain.data.config import DataConfig
@@ -20,6 +20,9 @@ from varianttrain.models.vqvae import VQVAEConfig
 from varianttrain.sampling.config import SAMPLING_PROTOCOLS, SamplingProtocol
 
 InitMode = Literal["pretrained", "checkpoint", "scratch"]
+# Lightning precision settings this project runs with ('32' is Lightning's alias of '32-true').
+Precision = Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ class TrainerConfig:
     devices: int = 1  # per node
     num_nodes: int = 1
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    precision: str = "32-true"  # '32-true', 'bf16-mixed', '16-mixed'
+    precision: Precision = "32-true"
     # Global batch = data.batch_size (per device) x accumulation x devices x num_nodes. Give global_batch_size to
     # derive the accumulation, or accumulate_grad_batches directly (not both).
     global_batch_size: int | None = None
@@ -213,8 +216,8 @@ class TrainerConfig:
             raise ValueError("give trainer.global_batch_size or trainer.accumulate_grad_batches, not both")
         if self.max_steps < 1 and self.max_epochs is None and self.max_steps != -1:
             raise ValueError(f"trainer.max_steps must be >= 1 or -1, got {self.max_steps}")
-        if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
-            raise ValueError(f"trainer.precision {self.precision!r} is not one of 32-true, bf16-mixed, 16-mixed")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,9 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         if self.every_n_steps < 0 or self.num_batches < 0:
             raise ValueError("validation.every_n_steps and validation.num_batches must be >= 0")
+        if self.sample_every_n_validations and (not self.sample_classes or self.samples_per_class < 1):
+            raise ValueError("validation.sample_classes must not be empty and validation.samples_per_class must be "
+                             ">= 1 (set validation.sample_every_n_validations: 0 for no sample grids)")
         # YAML is checked against the Literal by config_io; this catches configs built in code, before training.
         if self.sampling_protocol not in SAMPLING_PROTOCOLS:
             raise ValueError(f"validation.sampling_protocol must be one of {', '.join(SAMPLING_PROTOCOLS)}, "
@@ -268,6 +274,14 @@ class SupernetRunConfig:
         if self.supernet.bridge_scales > len(self.model.patch_nums):
             raise ValueError(f"supernet.bridge_scales={self.supernet.bridge_scales} exceeds the "
                              f"{len(self.model.patch_nums)} scales of model.patch_nums")
+        num_classes = self.model.num_classes
+        if self.data.num_classes > num_classes:  # label num_classes is the model's unconditional (CFG) class
+            raise ValueError(f"data.num_classes={self.data.num_classes} exceeds model.num_classes={num_classes}: "
+                             f"labels >= {num_classes} have no class embedding; make them equal")
+        outside = [c for c in self.validation.sample_classes if not 0 <= c < num_classes]
+        if outside:
+            raise ValueError(f"validation.sample_classes {outside} are not classes of the model "
+                             f"(model.num_classes={num_classes}); use labels in 0..{num_classes - 1}")
         side = self.model.vqvae.image_size
         if self.data.resolution != side:
             raise ValueError(f"data.resolution={self.data.resolution} must be the tokenizer's input size {side} "

@@ -249,8 +249,7 @@ class SupernetModule(L.LightningModule):
         from torchvision.utils import make_grid, save_image
 
         vcfg = self.cfg.validation
-        classes = [c for c in vcfg.sample_classes if c < self.var.num_classes] or [0]
-        labels = [c for c in classes for _ in range(vcfg.samples_per_class)]
+        labels = [c for c in vcfg.sample_classes for _ in range(vcfg.samples_per_class)]  # classes checked by config
         label_B = torch.tensor(labels, device=self.device)
         seeds = [vcfg.sample_seed * 1_000_003 + i for i in range(len(labels))]
         sampling = SamplingConfig.preset(vcfg.sampling_protocol)
