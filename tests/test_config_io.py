@@ -6,7 +6,7 @@ import enum
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import pytest
 import yaml
@@ -77,6 +77,12 @@ class TrainConfig:
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     teacher: ModelConfig | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    phase1: float = 5.0
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {"phase3": "phase 3 lasts until training stops; delete the key"}
 
 
 def build(**sections) -> TrainConfig:
@@ -406,6 +412,18 @@ def test_replace_path_nested_frozen():
     assert new.model is cfg.model  # untouched branches are shared
     assert replace_path(cfg, "supernet.depth_choices", [8, 4]).supernet.depth_choices == (8, 4)
     assert replace_path(cfg, "teacher", {"depth": 2}).teacher == ModelConfig(depth=2)
+
+
+def test_removed_key_error_says_why_instead_of_guessing():
+    with pytest.raises(ConfigError) as info:
+        from_dict(ScheduleConfig, {"phase1": 2, "phase3": 4}, where="cfg.yaml")
+    assert str(info.value) == "cfg.yaml: 'phase3' was removed: phase 3 lasts until training stops; delete the key"
+    assert info.value.key == "phase3"
+    with pytest.raises(ConfigError, match="'phase3' was removed: phase 3 lasts until"):
+        replace_path(ScheduleConfig(), "phase3", 4)
+    with pytest.raises(ConfigError, match=r"unknown key 'phase2' \(did you mean 'phase1'\?\)"):
+        from_dict(ScheduleConfig, {"phase2": 4})  # keys never removed keep the usual message
+    assert to_dict(ScheduleConfig()) == {"phase1": 5.0}  # the class attribute is not a config key
 
 
 def test_replace_path_errors():

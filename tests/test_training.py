@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers_training import (
@@ -28,6 +30,50 @@ def test_smoke_config_loads_and_derives():
     assert cfg.trainer.accumulate_grad_batches is None  # derived values are never written back
     with pytest.raises(ConfigError, match="global_batch_size"):
         derive(TrainerConfig(devices=8, global_batch_size=1000, max_steps=1), per_device_batch=16)
+
+
+def test_option_vocabularies_agree_everywhere_they_are_used():
+    """One subset-rule and one sampling-protocol vocabulary: training, evaluation and the samplers agree."""
+    from typing import get_type_hints
+
+    from varianttrain.evaluation.config import BudgetSection, SamplingSection
+    from varianttrain.methods.registry import DepthBudget
+    from varianttrain.models.depth_plan import SUBSET_RULES, SubsetRule, layer_subset
+    from varianttrain.sampling.config import SAMPLING_PROTOCOLS, SamplingConfig, SamplingProtocol
+    from varianttrain.training.config import SupernetConfig, ValidationConfig
+
+    for cls in (SupernetConfig, BudgetSection, DepthBudget):
+        assert get_type_hints(cls)["subset_rule"] == SubsetRule, cls
+    assert get_type_hints(ValidationConfig)["sampling_protocol"] == SamplingProtocol
+    assert get_type_hints(SamplingSection)["protocol"] == SamplingProtocol
+    assert set(SUBSET_RULES) == {"nested", "equidistant"} and set(SAMPLING_PROTOCOLS) == {"official", "code"}
+    for rule in SUBSET_RULES:  # every rule of the vocabulary is implemented
+        assert len(layer_subset(8, 4, rule, (4, 2))) == 4
+    assert {SamplingConfig.preset(name).top_k for name in SAMPLING_PROTOCOLS} == {900, 600}
+
+
+@pytest.mark.parametrize("value", ["variant", "fast"])
+def test_validation_sampling_protocol_is_checked_when_the_config_is_read(value):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(SMOKE_CONFIG, [f"validation.sampling_protocol={value}"])
+    assert info.value.key == "validation.sampling_protocol"
+    assert f"expected one of 'official', 'code', got str '{value}'" in str(info.value)
+    from varianttrain.training.config import ValidationConfig
+
+    with pytest.raises(ValueError, match="validation.sampling_protocol must be one of official, code"):
+        ValidationConfig(sampling_protocol=value)  # built in code, without config_io
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["validation.sample_classes=[0, 10]"], r"validation.sample_classes \[10\] are not classes of the model"),
+    (["validation.sample_classes=[]"], "validation.sample_classes must not be empty"),
+    (["data.num_classes=11"], "data.num_classes=11 exceeds model.num_classes=10"),
+])
+def test_class_settings_the_model_cannot_honour_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(SMOKE_CONFIG, overrides)
+    # No sample grids: the class list is not used, so an empty one is fine.
+    load_run_config(SMOKE_CONFIG, ["validation.sample_classes=[]", "validation.sample_every_n_validations=0"])
 
 
 def test_ddp_fork_two_ranks_same_subnet(tmp_path, monkeypatch):
@@ -103,3 +149,29 @@ def test_unavailable_task_fails_clearly(tmp_path):
     cfg.write_text("task: nonsense\n")
     with pytest.raises(ConfigError, match="unknown task"):
         load_run_config(cfg)
+
+
+def test_training_step_loss_is_var_loss_on_the_same_logits():
+    """The loss that trains is `losses.var_loss` (the one the golden test pins), here with label smoothing on."""
+    import torch.nn.functional as F
+
+    from varianttrain.losses import var_loss
+    from varianttrain.training.module import SupernetModule
+
+    _, cfg = load_run_config(SMOKE_CONFIG, ["model.label_smoothing=0.1", "ema.enabled=false"])
+    module = SupernetModule(cfg)
+    module.set_active_subnet(1.0, 2)  # a subnet step: the flexible zone runs 2 of the 4 blocks
+    captured = []
+    module.var.register_forward_hook(lambda mod, args, out: captured.append(out.detach()))
+    gen = torch.Generator().manual_seed(0)
+    idx_BL = torch.randint(0, cfg.model.vqvae.vocab_size, (3, 30), generator=gen)
+    label_B = torch.tensor([0, 4, 9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no Trainer attached: Lightning warns that it skips self.log
+        loss = module.training_step((idx_BL, label_B), 0)
+    (logits_BLV,) = captured
+    assert loss.requires_grad
+    assert torch.equal(loss.detach(), var_loss(logits_BLV, idx_BL, label_smoothing=0.1))
+    # Closed form: with L tokens per image, weights 1/L summed and averaged over images = the mean over all tokens.
+    flat = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), idx_BL.reshape(-1), label_smoothing=0.1)
+    assert loss.item() == pytest.approx(flat.item(), rel=1e-6)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from varianttrain.models.depth_plan import DepthPlan, layer_subset
+from varianttrain.models.depth_plan import SUBSET_RULES, DepthPlan, layer_subset
 from varianttrain.models.flops import FlopCounter, sampling_flops, teacher_forcing_flops
 from varianttrain.models.var import VAR, VARConfig
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-batch", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None)
-    parser.add_argument("--subset-rule", choices=["nested", "equidistant"], default="nested")
+    parser.add_argument("--subset-rule", choices=SUBSET_RULES, default="nested")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 gives stable numbers on a shared machine")
     parser.add_argument("--warmup", type=int, default=1)

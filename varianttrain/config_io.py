@@ -32,6 +32,9 @@ Conversion rules (deliberately strict, because a silently mis-typed hyper-parame
 * ``Enum`` accepts a member's value, then a member's name; :func:`to_dict` writes the value.
 * Tuples and lists accept YAML lists; fixed-length tuples check the length.
 
+A config class may list keys it no longer has in a class attribute ``REMOVED_KEYS: ClassVar[dict[str, str]]``
+(key -> what to do instead); a config that still sets one gets that explanation rather than a "did you mean" guess.
+
 Errors raise :class:`ConfigError` (a ``ValueError``) naming the dotted key (``optim.lr``), the file when known,
 what was expected and what was found, e.g. ``cfg.yaml: optim.lr: expected float, got str 'abc'``. Conversion
 stops at the first error.
@@ -137,7 +140,7 @@ def _build_dataclass(cls: type[T], data: Any, key: str, expected: str | None = N
     fields = _init_fields(cls)
     unknown = [str(name) for name in data if name not in fields]
     if unknown:
-        raise _unknown_keys_error(key, unknown, list(fields))
+        raise _unknown_keys_error(key, unknown, list(fields), getattr(cls, "REMOVED_KEYS", {}))
     missing = [name for name, f in fields.items() if name not in data and _is_required(f)]
     if missing:
         names = ", ".join(repr(_join(key, name)) for name in missing)
@@ -362,7 +365,11 @@ def _suggest(value: Any, candidates: Iterable[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else ""
 
 
-def _unknown_keys_error(prefix: str, unknown: list[str], valid: list[str]) -> ConfigError:
+def _unknown_keys_error(prefix: str, unknown: list[str], valid: list[str],
+                        removed: Mapping[str, str] | None = None) -> ConfigError:
+    for name in unknown:
+        if removed and name in removed:  # a key the class dropped: say why and what to do instead
+            return ConfigError(f"{_join(prefix, name)!r} was removed: {removed[name]}", key=_join(prefix, name))
     parts = []
     for name in unknown:
         close = difflib.get_close_matches(name, valid, n=1)
@@ -647,7 +654,7 @@ def _replace(obj: Any, parts: list[str], prefix: str, value: Any) -> Any:
         raise ConfigError(f"cannot set {key!r}: {prefix or 'the root'!r} is {_describe(obj)}, not a config section")
     fields = _init_fields(type(obj))
     if name not in fields:
-        raise _unknown_keys_error(prefix, [name], list(fields))
+        raise _unknown_keys_error(prefix, [name], list(fields), getattr(type(obj), "REMOVED_KEYS", {}))
     if rest:
         new_value = _replace(getattr(obj, name), rest, key, value)
     else:

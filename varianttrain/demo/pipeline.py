@@ -38,7 +38,7 @@ EVAL_CONFIG = "configs/demo/eval.yaml"
 
 # --quick: a smoke run of every stage (tests): a few optimizer steps, 2 samples per class, tiny timing.
 QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every_n_steps=4", "trainer.log_every_n_steps=1",
-               "supernet.schedule.phase1=1", "supernet.schedule.phase2=2", "supernet.schedule.phase3=1",
+               "supernet.schedule.phase1=1", "supernet.schedule.phase2=2",
                "data.batch_size=16", "validation.every_n_steps=0", "trainer.progress_refresh=1"]
 QUICK_EVAL = ["generation.samples_per_class=2", "generation.batch_size=20", "cost.batch_sizes=[1, 2]",
               "cost.warmup=0", "cost.repeats=1", "metrics.is_splits=2"]

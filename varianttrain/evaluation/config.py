@@ -10,8 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from varianttrain.evaluation.images import RoundingRule
+from varianttrain.evaluation.seeds import SeedRule
+from varianttrain.models.depth_plan import SubsetRule
 from varianttrain.models.var import RELEASED_PATCH_NUMS
-from varianttrain.sampling.config import SamplingConfig
+from varianttrain.sampling.config import AutocastDtype, SamplingConfig, SamplingProtocol
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,9 @@ class ModelSection:
 
     var: Path | None = None  # released .pth, trainer/Lightning checkpoint, or an export (.pth / .safetensors)
     vqvae: Path | None = None  # vae_ch160v4096z32.pth
-    ema: bool = False  # take the EMA weights of a Lightning training checkpoint
+    # Take the EMA weights of a Lightning training checkpoint. Not for exports: an export holds the weights that
+    # `export --ema` chose, and its architecture (patch_nums included) wins over this section.
+    ema: bool = False
     patch_nums: tuple[int, ...] = RELEASED_PATCH_NUMS
     vqvae_ch: int | None = None  # base width of the VQVAE; None: read off the checkpoint (encoder.conv_in)
     device: str = "auto"  # 'auto' (cuda:LOCAL_RANK when available, else cpu), 'cpu', 'cuda', 'cuda:1'
@@ -30,12 +35,12 @@ class ModelSection:
 class SamplingSection:
     """Sampling protocol: a preset (ANCHORS §0.2) plus optional overrides of single settings."""
 
-    protocol: Literal["official", "code"] = "official"
+    protocol: SamplingProtocol = "official"  # 'official': top-k 900; 'code': CoDe/VARiant, top-k 600, T 1.1
     cfg: float | None = None
     top_k: int | None = None
     top_p: float | None = None
     temperature: tuple[float, ...] | None = None
-    autocast_dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    autocast_dtype: AutocastDtype | None = None
 
     def build(self) -> SamplingConfig:
         """The `SamplingConfig` of the preset with the overrides applied."""
@@ -53,7 +58,7 @@ class BudgetSection:
 
     depth: int | None = None  # None: full depth (the budget of the unmodified model)
     bridge_scales: int | None = None  # N; None: the export's metadata, else 6
-    subset_rule: Literal["nested", "equidistant"] = "nested"
+    subset_rule: SubsetRule = "nested"  # an export's metadata wins
     depth_choices: tuple[int, ...] = (2, 4, 8, 16)  # trained subnet depths (nested rule); an export's metadata wins
     reference_scale: int | None = None  # DepthVAR's R (last full scale) override; None: derived from the budget
 
@@ -66,9 +71,9 @@ class GenerationSection:
     num_classes: int | None = None  # None: every class of the model (1000 for ImageNet)
     classes: tuple[int, ...] = ()  # explicit class list (wins over num_classes)
     seed: int = 0
-    seed_rule: Literal["hash", "index"] = "hash"  # see varianttrain.evaluation.seeds.image_seed
+    seed_rule: SeedRule = "hash"  # see varianttrain.evaluation.seeds.image_seed
     batch_size: int = 32  # images per sampling call; also the sharding unit across ranks
-    rounding: Literal["truncate", "round"] = "truncate"  # float -> uint8 rule (truncate = VAR's demo)
+    rounding: RoundingRule = "truncate"  # float -> uint8 rule (truncate = VAR's demo)
     save_npz: bool = True  # pack out/<method>/samples.npz (ADM evaluator format) after generation
 
     def __post_init__(self) -> None:

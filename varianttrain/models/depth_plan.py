@@ -21,11 +21,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
+# How a depth-d subnet picks its blocks (`layer_subset`). The one definition of this vocabulary: the training and
+# evaluation configs, the benchmark CLI and the method registry all import it from here.
 SubsetRule = Literal["nested", "equidistant"]
+SUBSET_RULES: tuple[str, ...] = get_args(SubsetRule)
 
 
 def equidistant_layer_subset(total_depth: int, depth: int) -> tuple[int, ...]:
@@ -66,7 +69,7 @@ def layer_subset(total_depth: int, depth: int, rule: SubsetRule = "nested",
         return equidistant_layer_subset(total_depth, depth)
     if rule == "nested":
         return nested_layer_subsets(total_depth, tuple(depth_choices) + (depth,))[depth]
-    raise ValueError(f"unknown layer-subset rule {rule!r}; use 'nested' or 'equidistant'")
+    raise ValueError(f"unknown layer-subset rule {rule!r}; use one of {', '.join(SUBSET_RULES)}")
 
 
 def _check_depth(total_depth: int, depth: int) -> None:

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
+
+# The sampling protocols (presets of `SamplingConfig.preset`): 'official' is the VAR README's FID protocol, 'code'
+# the CoDe protocol that VARiant reports its numbers with. The one definition of this vocabulary: the training
+# config (validation samples) and the evaluation config import it from here.
+SamplingProtocol = Literal["official", "code"]
+SAMPLING_PROTOCOLS: tuple[str, ...] = get_args(SamplingProtocol)
+
+# Compute dtypes of GPU sampling (`SamplingConfig.autocast_dtype`, also settable in the evaluation config).
+AutocastDtype = Literal["bfloat16", "float16", "float32"]
+AUTOCAST_DTYPES: tuple[str, ...] = get_args(AutocastDtype)
 
 
 @dataclass(frozen=True)
@@ -18,7 +29,7 @@ class SamplingConfig:
     top_p: float = 0.96  # nucleus on the top-k-filtered logits; 0 disables
     temperature: tuple[float, ...] = ()  # per-scale temperature for scales 0, 1, ...; missing entries are 1.0
     more_smooth: bool = False  # Gumbel-softmax code smoothing (visualisation only, never for FID)
-    autocast_dtype: str = "bfloat16"  # compute dtype on GPU ('bfloat16', 'float16' or 'float32'); CPU runs float32
+    autocast_dtype: AutocastDtype = "bfloat16"  # compute dtype on GPU; CPU runs float32
 
     def __post_init__(self):
         if self.cfg < 0:
@@ -29,8 +40,9 @@ class SamplingConfig:
             raise ValueError(f"sampling.top_p must be in [0, 1] (0 disables), got {self.top_p}")
         if any(t <= 0 for t in self.temperature):
             raise ValueError(f"sampling.temperature entries must be > 0, got {self.temperature}")
-        if self.autocast_dtype not in ("bfloat16", "float16", "float32"):
-            raise ValueError(f"sampling.autocast_dtype must be bfloat16, float16 or float32, got {self.autocast_dtype}")
+        if self.autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"sampling.autocast_dtype must be one of {', '.join(AUTOCAST_DTYPES)}, "
+                             f"got {self.autocast_dtype!r}")
 
     def temperature_at(self, scale: int) -> float:
         return self.temperature[scale] if scale < len(self.temperature) else 1.0
@@ -46,8 +58,8 @@ class SamplingConfig:
         return cls(cfg=1.5, top_k=600, top_p=0.96, temperature=(1.1,) * 7)
 
     @classmethod
-    def preset(cls, name: str) -> SamplingConfig:
-        presets = {"official": cls.official, "code": cls.code, "variant": cls.code}
-        if name not in presets:
-            raise ValueError(f"unknown sampling protocol {name!r}; choose one of {sorted(presets)}")
-        return presets[name]()
+    def preset(cls, name: SamplingProtocol) -> SamplingConfig:
+        """The settings of the sampling protocol `name` (one of `SAMPLING_PROTOCOLS`)."""
+        if name not in SAMPLING_PROTOCOLS:
+            raise ValueError(f"unknown sampling protocol {name!r}; choose one of {', '.join(SAMPLING_PROTOCOLS)}")
+        return getattr(cls, name)()  # each protocol is the classmethod of the same name

@@ -60,6 +60,24 @@ class ProgressiveSubnetSchedule(L.Callback):
             raise ValueError("supernet.schedule.unit='epochs' needs a train loader with a length; use unit 'steps'")
         self.steps_per_epoch = float(math.ceil(batches / trainer.accumulate_grad_batches))
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Phase 3 has no length of its own (it lasts until training stops): say when the run is too short for it.
+        if self.schedule.mode != "progressive" or not getattr(trainer, "is_global_zero", True):  # said once
+            return
+        self._ensure_steps_per_epoch(trainer)
+        total_steps = trainer.estimated_stepping_batches  # min of max_steps and max_epochs, in optimizer steps
+        if not math.isfinite(total_steps) or total_steps < 0:  # -1: epochs of a loader without a length
+            return
+        end = schedule_progress(self.schedule, int(total_steps), self.steps_per_epoch)
+        ramp_end = self.schedule.phase1 + self.schedule.phase2
+        if end < ramp_end:
+            log.warning("training stops at %g %s, before supernet.schedule.phase1 + phase2 = %g: p never reaches "
+                        "p_end = %g and there is no phase 3; lengthen the run or shorten the phases", end,
+                        self.schedule.unit, ramp_end, self.schedule.p_end)
+        else:
+            log.info("subnet schedule: phase 3 (p = %g) lasts %g %s", self.schedule.p_end, end - ramp_end,
+                     self.schedule.unit)
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self._ensure_steps_per_epoch(trainer)
         step = trainer.global_step
@@ -74,12 +92,14 @@ class ProgressiveSubnetSchedule(L.Callback):
                 "last_p": self.last_p, "last_depth": self.last_depth}
 
     def load_state_dict(self, state: dict) -> None:
-        # The run config wins for the curve itself (a user may lengthen phase 3 on resume), but differences are
-        # reported; steps_per_epoch is taken from the checkpoint so the position on the curve is unchanged.
-        saved = ScheduleConfig(**state["schedule"])
-        if saved != self.schedule:
-            log.warning("subnet schedule differs from the checkpoint's: %s (checkpoint) -> %s (config)",
-                        saved, self.schedule)
+        # The run config wins for the curve itself, but differences are reported; steps_per_epoch is taken from
+        # the checkpoint so the position on the curve is unchanged. Compared field by field: checkpoints written
+        # before a field was removed (phase3) still load.
+        saved, current = state["schedule"], dataclasses.asdict(self.schedule)
+        changed = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
+        if changed:
+            log.warning("subnet schedule differs from the checkpoint's (checkpoint -> config): %s",
+                        ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items()))
         if tuple(state["depth_choices"]) != self.depth_choices or state["seed"] != self.seed:
             log.warning("depth choices / seed differ from the checkpoint (%s, %s) -> (%s, %s)",
                         state["depth_choices"], state["seed"], self.depth_choices, self.seed)

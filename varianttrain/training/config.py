@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal, get_args
 
 from varianttrain.config_io import ConfigError
 from varianttrain.data.config import DataConfig
+from varianttrain.models.depth_plan import SubsetRule
 from varianttrain.models.var import RELEASED_PATCH_NUMS, VARConfig
 from varianttrain.models.vqvae import VQVAEConfig
+from varianttrain.sampling.config import SAMPLING_PROTOCOLS, SamplingProtocol
 
 InitMode = Literal["pretrained", "checkpoint", "scratch"]
+# Lightning precision settings this project runs with ('32' is Lightning's alias of '32-true').
+Precision = Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -80,19 +85,28 @@ class PretrainModelConfig(ModelConfig):
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """How the subnet probability p evolves (VARiant's dynamic ratio; ANCHORS.md §2.1)."""
+    """How the subnet probability p evolves (VARiant's dynamic ratio; ANCHORS.md §2.1).
+
+    Phase 3 (p = p_end) has no length of its own: it runs from phase1 + phase2 until training stops, so its length
+    is the training length (trainer.max_epochs or trainer.max_steps) minus phase1 + phase2. One number, one place.
+    """
 
     mode: Literal["progressive", "fixed"] = "progressive"
     unit: Literal["epochs", "steps"] = "epochs"  # unit of the phase lengths (epochs may be fractional)
     phase1: float = 5.0  # joint training at p = p_start
-    phase2: float = 15.0  # linear ramp p_start -> p_end
-    phase3: float = 10.0  # subnet tuning at p = p_end (paper: 5-15 epochs); training length is set by trainer
+    phase2: float = 15.0  # linear ramp p_start -> p_end; then phase 3 at p_end until training stops
     p_start: float = 0.2  # ratio subnet:full = 2:8
     p_end: float = 1.0  # 10:0
     fixed_ratio: float = 0.2  # mode 'fixed': constant p (the paper's ablation: 0.1 or 1.0)
 
+    # Read by config_io: a config that still sets a removed key gets this explanation instead of "unknown key".
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "phase3": "phase 3 lasts from phase1 + phase2 until training stops; its length is set by trainer.max_epochs "
+                  "(or trainer.max_steps for unit 'steps'). Delete the key and set the training length to "
+                  "phase1 + phase2 + the phase-3 length you want"}
+
     def __post_init__(self) -> None:
-        for name in ("phase1", "phase2", "phase3"):
+        for name in ("phase1", "phase2"):
             if getattr(self, name) < 0:
                 raise ValueError(f"supernet.schedule.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("p_start", "p_end", "fixed_ratio"):
@@ -106,7 +120,7 @@ class SupernetConfig:
 
     depth_choices: tuple[int, ...] = (16, 8, 4, 2)  # subnet depths d, drawn uniformly on a subnet step
     bridge_scales: int = 6  # N: the first N scales always run every block (the bridge zone)
-    subset_rule: Literal["nested", "equidistant"] = "nested"  # see docs/DESIGN.md (equidistant = paper formula)
+    subset_rule: SubsetRule = "nested"  # see docs/DESIGN.md (equidistant = paper formula)
     seed: int = 0  # the subnet choice of step t is a pure function of (seed, t)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -174,7 +188,7 @@ class TrainerConfig:
     devices: int = 1  # per node
     num_nodes: int = 1
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    precision: str = "32-true"  # '32-true', 'bf16-mixed', '16-mixed'
+    precision: Precision = "32-true"
     # Global batch = data.batch_size (per device) x accumulation x devices x num_nodes. Give global_batch_size to
     # derive the accumulation, or accumulate_grad_batches directly (not both).
     global_batch_size: int | None = None
@@ -202,8 +216,8 @@ class TrainerConfig:
             raise ValueError("give trainer.global_batch_size or trainer.accumulate_grad_batches, not both")
         if self.max_steps < 1 and self.max_epochs is None and self.max_steps != -1:
             raise ValueError(f"trainer.max_steps must be >= 1 or -1, got {self.max_steps}")
-        if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
-            raise ValueError(f"trainer.precision {self.precision!r} is not one of 32-true, bf16-mixed, 16-mixed")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -223,12 +237,19 @@ class ValidationConfig:
     sample_classes: tuple[int, ...] = (207, 360, 387, 974, 88, 979, 417, 279)  # one grid column per class
     samples_per_class: int = 1
     sample_seed: int = 0
-    sampling_protocol: str = "variant"  # 'official' (top-k 900) or 'variant'/'code' (top-k 600, tau 1.1)
+    sampling_protocol: SamplingProtocol = "code"  # 'official' (top-k 900) or 'code' (CoDe/VARiant: top-k 600, T 1.1)
     sample_every_n_validations: int = 1  # sample grids are slow on big models; 0 = never
 
     def __post_init__(self) -> None:
         if self.every_n_steps < 0 or self.num_batches < 0:
             raise ValueError("validation.every_n_steps and validation.num_batches must be >= 0")
+        if self.sample_every_n_validations and (not self.sample_classes or self.samples_per_class < 1):
+            raise ValueError("validation.sample_classes must not be empty and validation.samples_per_class must be "
+                             ">= 1 (set validation.sample_every_n_validations: 0 for no sample grids)")
+        # YAML is checked against the Literal by config_io; this catches configs built in code, before training.
+        if self.sampling_protocol not in SAMPLING_PROTOCOLS:
+            raise ValueError(f"validation.sampling_protocol must be one of {', '.join(SAMPLING_PROTOCOLS)}, "
+                             f"got {self.sampling_protocol!r}")
 
 
 @dataclass(frozen=True)
@@ -253,6 +274,14 @@ class SupernetRunConfig:
         if self.supernet.bridge_scales > len(self.model.patch_nums):
             raise ValueError(f"supernet.bridge_scales={self.supernet.bridge_scales} exceeds the "
                              f"{len(self.model.patch_nums)} scales of model.patch_nums")
+        num_classes = self.model.num_classes
+        if self.data.num_classes > num_classes:  # label num_classes is the model's unconditional (CFG) class
+            raise ValueError(f"data.num_classes={self.data.num_classes} exceeds model.num_classes={num_classes}: "
+                             f"labels >= {num_classes} have no class embedding; make them equal")
+        outside = [c for c in self.validation.sample_classes if not 0 <= c < num_classes]
+        if outside:
+            raise ValueError(f"validation.sample_classes {outside} are not classes of the model "
+                             f"(model.num_classes={num_classes}); use labels in 0..{num_classes - 1}")
         side = self.model.vqvae.image_size
         if self.data.resolution != side:
             raise ValueError(f"data.resolution={self.data.resolution} must be the tokenizer's input size {side} "

@@ -5,8 +5,9 @@ run every block, later scales (the flexible zone) only the blocks `layer_subset(
 decided by `ProgressiveSubnetSchedule` (callbacks.py) from (seed, global_step) and handed over through
 `set_active_subnet`; the module itself never draws random numbers for it.
 
-Loss: the official token-mean cross-entropy (every token weighted 1/L, VAR_NOTES §5). The VQVAE is frozen and
-tokenises images on the fly, or the batch already holds token indices (pre-tokenised data, `data.format: indices`).
+Loss: `varianttrain.losses.var_loss`, the official token-mean cross-entropy (every token weighted 1/L, VAR_NOTES
+§5). The VQVAE is frozen and tokenises images on the fly, or the batch already holds token indices (pre-tokenised
+data, `data.format: indices`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torchmetrics
 from torch import nn
 
 from varianttrain.checkpoints import load_var_weights, load_vqvae_weights
-from varianttrain.losses import token_cross_entropy
+from varianttrain.losses import per_scale_mean, token_cross_entropy, var_loss
 from varianttrain.models.depth_plan import DepthPlan, layer_subset
 from varianttrain.models.var import VAR
 from varianttrain.models.vqvae import VQVAE
@@ -159,20 +160,19 @@ class SupernetModule(L.LightningModule):
         gt_BL, x_BLCv, label_B = self.prepare_batch(batch)
         depth = self.active_depth
         logits_BLV = self.var(label_B, x_BLCv, self.plan(depth))
-        ce_BL = token_cross_entropy(logits_BLV, gt_BL, self.cfg.model.label_smoothing)
-        loss = ce_BL.mul(1.0 / ce_BL.shape[1]).sum(dim=1).mean()  # = losses.var_loss: every token weighted 1/L
+        label_smoothing = self.cfg.model.label_smoothing
+        loss = var_loss(logits_BLV, gt_BL, label_smoothing)
         with torch.no_grad():
-            ce = ce_BL.detach()
+            # The same per-token CE again, outside the graph, for the per-zone / per-scale logs.
+            ce = token_cross_entropy(logits_BLV.detach(), gt_BL, label_smoothing)
             metrics = {"train/loss": loss.detach(), "train/p": float(self.active_p),
                        "train/depth": float(depth if depth is not None else self.depth),
                        "train/loss_bridge": (ce[:, :self.bridge_tokens].mean() if self.bridge_tokens
                                              else ce.new_zeros(())),
                        "train/loss_flexible": (ce[:, self.bridge_tokens:].mean() if self.bridge_tokens < ce.shape[1]
                                                else ce.new_zeros(()))}
-            begin = 0
-            for k, pn in enumerate(self.patch_nums):
-                metrics[f"train_scale/loss_{k:02d}_{pn}x{pn}"] = ce[:, begin:begin + pn * pn].mean()
-                begin += pn * pn
+            for k, (pn, loss_k) in enumerate(zip(self.patch_nums, per_scale_mean(ce, self.patch_nums), strict=True)):
+                metrics[f"train_scale/loss_{k:02d}_{pn}x{pn}"] = loss_k
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=label_B.shape[0])
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=label_B.shape[0])
         self.log("d", float(depth if depth is not None else self.depth), prog_bar=True, logger=False)
@@ -249,8 +249,7 @@ class SupernetModule(L.LightningModule):
         from torchvision.utils import make_grid, save_image
 
         vcfg = self.cfg.validation
-        classes = [c for c in vcfg.sample_classes if c < self.var.num_classes] or [0]
-        labels = [c for c in classes for _ in range(vcfg.samples_per_class)]
+        labels = [c for c in vcfg.sample_classes for _ in range(vcfg.samples_per_class)]  # classes checked by config
         label_B = torch.tensor(labels, device=self.device)
         seeds = [vcfg.sample_seed * 1_000_003 + i for i in range(len(labels))]
         sampling = SamplingConfig.preset(vcfg.sampling_protocol)
