@@ -209,16 +209,32 @@ def test_eval_refuses_bad_method_options_before_loading_a_model(tmp_path):
         run(cfg, log=lambda msg: None)
 
 
-def test_report_rows_carry_the_budget_match(tiny, tmp_path):
-    from varianttrain.evaluation.runner import build_config, run
+def _tiny_eval_config(tiny, tmp_path, *overrides: str):
+    from varianttrain.evaluation.runner import build_config
 
     var, vqvae = tiny
     torch.save(var.state_dict(), tmp_path / "var.pth")
     torch.save(vqvae.state_dict(), tmp_path / "vqvae.pth")
     config = Path(__file__).resolve().parents[1] / "configs" / "eval_tiny.yaml"
-    cfg = build_config(config, [f"model.var={tmp_path / 'var.pth'}", f"model.vqvae={tmp_path / 'vqvae.pth'}",
-                                f"out_dir={tmp_path / 'out'}", "cost_only=true", "cost.enabled=false",
-                                "method_options.fastvar.prune_ratios=0.25"])
+    return build_config(config, [f"model.var={tmp_path / 'var.pth'}", f"model.vqvae={tmp_path / 'vqvae.pth'}",
+                                 f"out_dir={tmp_path / 'out'}", *overrides])
+
+
+def test_eval_builds_every_method_before_sampling(tiny, tmp_path):
+    from varianttrain.evaluation.runner import EvalInputError, run
+
+    cfg = _tiny_eval_config(tiny, tmp_path, "methods=[full,fastvar]", "method_options.fastvar.block_range=[0, 9]")
+    with pytest.raises(EvalInputError, match="method fastvar: .*block_range"):  # the model has blocks 0..3
+        run(cfg, log=lambda msg: None)
+    assert not (tmp_path / "out" / "full").exists()  # full was not sampled first
+
+
+def test_report_rows_carry_the_budget_match(tiny, tmp_path):
+    from varianttrain.evaluation.runner import run
+
+    var, _ = tiny
+    cfg = _tiny_eval_config(tiny, tmp_path, "cost_only=true", "cost.enabled=false",
+                            "method_options.fastvar.prune_ratios=0.25")
     report = run(cfg, log=lambda msg: None)
     rows = {r["method"]: r for r in report["methods"]}
     assert list(rows) == registry.available_methods()

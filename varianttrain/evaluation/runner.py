@@ -328,27 +328,30 @@ def _run(cfg: EvalConfig, device: torch.device, log: Callable[[str], None]) -> d
     image_size = vqvae.config.image_size
     out_dir = Path(cfg.out_dir)
 
+    def options_for(name: str) -> MethodOptions:
+        return MethodOptions(budget=budget, knobs=dict(cfg.method_options.get(name, {})))
+
+    timed = list(names)
+    if cfg.cost.enabled and cfg.cost.reference_full and "full" not in timed:
+        timed.append("full")
+    methods: dict[str, SamplingMethod] = {}
+    for name in timed:  # all of them before any sampling: a knob this model cannot run fails now, not hours later
+        try:
+            methods[name] = build_method(name, var, options_for(name))
+        except ValueError as err:  # e.g. a block or scale index the model does not have
+            raise EvalInputError(f"method {name}: {err}") from err
+
     do_metrics = cfg.metrics.enabled and not cfg.cost_only
     extractor = ref = ref_feats = None
     if do_metrics:  # before any sampling: a missing weights or statistics file must fail in seconds, not hours
         extractor = load_extractor(cfg, device)
         ref, ref_feats = load_reference(cfg, extractor, device, image_size)
 
-    def options_for(name: str) -> MethodOptions:
-        return MethodOptions(budget=budget, knobs=dict(cfg.method_options.get(name, {})))
-
     header = protocol_header(cfg, sampling, budget, var, len(items), world, device, vqvae_path, vqvae)
     log(f"[eval] {len(names)} method(s) {names} | {header['budget']} | {header['samples']} | {world} rank(s)")
     rows: list[dict[str, Any]] = []
-    timed = list(names)
-    if cfg.cost.enabled and cfg.cost.reference_full and "full" not in timed:
-        timed.append("full")
-    for name in timed:
+    for name, method in methods.items():
         reference_only = name not in names
-        try:
-            method = build_method(name, var, options_for(name))
-        except ValueError as err:  # a knob value this model cannot run (a block or scale it does not have)
-            raise EvalInputError(f"method {name}: {err}") from err
         match = method.budget_match
         row: dict[str, Any] = {"method": name, "status": "reference, cost only" if reference_only else "ok",
                                "plan": describe_method(method), "knobs": dict(cfg.method_options.get(name, {})),

@@ -1,6 +1,6 @@
 """DepthVAR (per-token dynamic depth) as a strategy of the one sampler.
 
-The math (scores, depths, masks, restoration, blending, budgets) lives in `depthvar_schedule`; this module wires
+The math (scores, depths, masks, restoration, budgets) lives in `depthvar_schedule`; this module wires
 it into `varianttrain.sampling.sampler.generate` through the `SamplingMethod` hooks, following the §2 loop of
 shared/reference/depthvar/DEPTHVAR_SPEC.md (section numbers below refer to it):
 
