@@ -47,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     from varianttrain.config_io import ConfigError
     from varianttrain.evaluation.generation import ManifestMismatch
     from varianttrain.evaluation.runner import EvalInputError, build_config, run
-    from varianttrain.methods.registry import MethodUnavailable
 
     overrides = []
     for flag, key, _typ, _help in FLAGS:
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args.config, overrides + args.set)
         run(cfg)
-    except (ConfigError, EvalInputError, FileNotFoundError, ManifestMismatch, MethodUnavailable, KeyError) as err:
+    except (ConfigError, EvalInputError, FileNotFoundError, ManifestMismatch, KeyError) as err:
         print(f"eval.py: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -12,9 +12,12 @@ import pytest
 import torch
 from conftest import random_tiny_var, tiny_vqvae
 
-from varianttrain.methods.depthvar import DepthVARMethod, capacity_plan, counted_flops, default_layer_range
-from varianttrain.methods.depthvar_schedule import DepthVARConfig, layer_positions, upsample_tokens
-from varianttrain.methods.registry import DepthBudget, MethodOptions, available_methods, build_method
+from varianttrain.methods.budget import DepthBudget
+from varianttrain.methods.common import capacity_plan, counted_flops, upsample_tokens
+from varianttrain.methods.depthvar import DepthVARMethod, default_layer_range
+from varianttrain.methods.depthvar_schedule import DepthVARConfig, layer_positions
+from varianttrain.methods.registry import available_methods, build_method
+from varianttrain.methods.spec import MethodOptions
 from varianttrain.models.depth_plan import ScalePlan
 from varianttrain.models.var import VAR, VARConfig
 from varianttrain.models.vqvae import VQVAE
@@ -95,7 +98,7 @@ def test_no_accelerated_scale_reproduces_baseline(var, vqvae, full, reference_sc
 
 def test_full_budget_is_the_full_model(var, vqvae, full):
     method = _build(var, depth=DEPTH)
-    assert not method.accelerated and method.flop_ratio == 1.0
+    assert not method.accelerated and method.budget_match.flop_ratio == 1.0
     out = _run(var, vqvae, method)
     _assert_same_samples(out, full)
     assert out.flops == full.flops and out.kv_cache_bytes == full.kv_cache_bytes
@@ -190,7 +193,7 @@ def test_counted_flops_match_closed_form_and_drop_with_budget(var, vqvae, full):
 def test_flop_matching_mode(var):
     by_tokens = _build(var)
     by_flops = _build(var, budget_match="flops")
-    assert abs(by_flops.flop_ratio - 1) <= abs(by_tokens.flop_ratio - 1)
+    assert abs(by_flops.budget_match.flop_ratio - 1) <= abs(by_tokens.budget_match.flop_ratio - 1)
 
 
 def test_kv_cache_bytes_drop_and_capacity_is_exact(var, vqvae, full, monkeypatch):

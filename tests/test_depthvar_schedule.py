@@ -12,34 +12,28 @@ import pytest
 import torch
 from scipy import integrate
 
+from varianttrain.methods.common import upsample_tokens
 from varianttrain.methods.depthvar_schedule import (
     DepthVARConfig,
-    active_counts,
     anchor_candidates,
     anchor_lines,
-    area_integral,
     bit_reversal_order,
-    blend_codes,
     budget_for_depth,
     depth_maps,
     depth_scores,
     integer_depths,
     layer_major_mask,
     layer_positions,
-    layer_token_indices,
     percentiles,
-    plan_scales,
     rank_map,
+    rank_tables,
     reference_areas,
-    reference_scale_for_budget,
     restore_similar,
     scale_constants,
     schedule_value,
     solve_schedule_constant,
     tent,
-    token_layer_fraction,
     upsample_rank_map,
-    upsample_tokens,
 )
 
 L = 30
@@ -68,8 +62,16 @@ def _example_rho() -> torch.Tensor:
     return percentiles(torch.tensor(EX_B, dtype=torch.float64)[None])
 
 
-def _solve(area: float, cfg: DepthVARConfig, method: str = "closed") -> float | None:
-    return solve_schedule_constant(area, cfg.schedule, cfg.sigmoid_k, cfg.eta, cfg.rotation, cfg.area_mode, method)
+def _solve(area: float, cfg: DepthVARConfig) -> float | None:
+    return solve_schedule_constant(area, cfg.schedule, cfg.sigmoid_k, cfg.eta, cfg.rotation, cfg.area_mode)
+
+
+def _token_layer_fraction(patch_nums, cfg: DepthVARConfig, start_scale: int = 0) -> float:
+    """Σ_i N_i mean(d_i) / (L Σ_i N_i) over scales >= start_scale, full depth at standard scales (§10.3)."""
+    sizes = [pn * pn for pn in patch_nums]
+    tables = rank_tables(patch_nums, L, cfg)
+    layers = [n * L if t is None else int(t.depth_by_rank.sum()) for t, n in zip(tables, sizes, strict=True)]
+    return sum(layers[start_scale:]) / (L * sum(sizes[start_scale:]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,12 +160,11 @@ def test_rank_map_metrics_and_cfg_halves():
                     (0.9, 0.929864)]
 )
 def test_solver_values(area, c):
-    for method in ("closed", "bisect"):
-        got = solve_schedule_constant(area, "sigmoid", 12.0, rotation=True, area_mode="full", method=method)
-        assert got == pytest.approx(c, abs=1e-6)
-        # without rotation 'full' is the same integral (§3.5)
-        got = solve_schedule_constant(area, rotation=False, area_mode="full", method=method)
-        assert got == pytest.approx(c, abs=1e-6)
+    got = solve_schedule_constant(area, "sigmoid", 12.0, rotation=True, area_mode="full")
+    assert got == pytest.approx(c, abs=1e-6)
+    # without rotation 'full' is the same integral (§3.5)
+    got = solve_schedule_constant(area, rotation=False, area_mode="full")
+    assert got == pytest.approx(c, abs=1e-6)
     assert solve_schedule_constant(0.5, rotation=True, area_mode="full") == pytest.approx(0.5, abs=1e-15)
 
 
@@ -201,17 +202,15 @@ def _numeric_area(c: float, cfg: DepthVARConfig) -> float:
 
 @pytest.mark.parametrize("family", ["sigmoid", "linear-a", "linear-b"])
 @pytest.mark.parametrize("k", [3.0, 12.0, 256.0])
-def test_closed_form_vs_bisection_vs_quadrature(family, k):
+def test_closed_form_vs_quadrature(family, k):
     for area_mode in ("head", "full"):
         for rotation in (True, False):
             cfg = DepthVARConfig(schedule=family, sigmoid_k=k, area_mode=area_mode, rotation=rotation)
             for area in (0.02, 0.0977, 0.25, 0.39, 0.5, 0.64, 0.75):
-                closed = _solve(area, cfg, "closed")
+                closed = _solve(area, cfg)
                 if area >= (0.8 if area_mode == "head" else 1.0):
                     assert closed is None
                     continue
-                bisected = _solve(area, cfg, "bisect")
-                assert bisected == pytest.approx(closed, abs=1e-8)
                 assert _numeric_area(closed, cfg) == pytest.approx(area, abs=1e-8)
 
 
@@ -221,8 +220,8 @@ def test_solver_monotone_and_infeasible(family):
     cs = [solve_schedule_constant(a, family) for a in areas]
     diffs = [b - a for a, b in zip(cs, cs[1:], strict=False)]
     assert all(x > 0 for x in diffs) if family == "sigmoid" else all(x < 0 for x in diffs)
-    areas_i = [area_integral(c, family, 12.0) for c in cs]  # I(c) = A/eta
-    assert areas_i == pytest.approx([a / 0.8 for a in areas], abs=1e-12)
+    head = [_numeric_area(c, DepthVARConfig(schedule=family)) for c in cs]  # ∫_0^eta G(tau) = eta I(c) = A
+    assert head == pytest.approx(areas, abs=1e-8)
     # A' >= 1: full depth
     assert solve_schedule_constant(0.8, family) is None
     assert solve_schedule_constant(0.85, family) is None
@@ -236,8 +235,9 @@ def test_solver_monotone_and_infeasible(family):
 
 def test_infeasible_scale_runs_full_depth():
     # R = 7, eta = 0.5, 'head': 13x13 has A' = (100/169)/0.5 = 1.18 >= 1 (full depth); 16x16 0.39/0.5 < 1
-    plans = plan_scales(PATCH_NUMS, L, DepthVARConfig(reference_scale=7, eta=0.5))
+    plans = rank_tables(PATCH_NUMS, L, DepthVARConfig(reference_scale=7, eta=0.5))
     assert plans[8].full_depth and plans[8].counts == (169,) * L
+    assert torch.equal(plans[8].score_by_rank, torch.ones(169, dtype=torch.float64))  # blending by S = 1: no-op
     assert not plans[9].full_depth
 
 
@@ -263,7 +263,6 @@ def test_worked_example_scores_depths_counts():
     assert depth[0, 1, 3] == depth[0, 3, 0] == 14
     mask = layer_major_mask(depth, L)[0]  # (L, 16)
     assert mask.sum(1).tolist() == EX_COUNTS and sum(EX_COUNTS) == 143 == int(depth.sum())
-    assert active_counts(depth, L)[0].tolist() == EX_COUNTS
     m0 = {(0, 0), (0, 1), (1, 0), (1, 1), (1, 3), (2, 0), (2, 1), (3, 0), (3, 1)}
     assert _cells(mask[0]) == m0
     assert _cells(mask[16]) == m0 - {(3, 1)}
@@ -298,7 +297,7 @@ def test_worked_example_variants():
         if kwargs == dict(area_mode="full"):
             assert float(score.mean()) == pytest.approx(0.25, abs=5e-5) and int(depth.sum()) == 115
             counts = [8, 4, 6, 2, 6, 3, 4, 1, 7, 3, 4, 2, 6, 3, 4, 0, 7, 3, 4, 2, 6, 3, 4, 0, 7, 3, 4, 1, 6, 2]
-            assert active_counts(depth, L)[0].tolist() == counts
+            assert layer_major_mask(depth, L)[0].sum(1).tolist() == counts
 
 
 def _example_deltas(rows_b: torch.Tensor, channels: int = 6) -> list[torch.Tensor]:
@@ -317,7 +316,7 @@ def test_worked_example_through_the_scheduler():
     # patch_nums (2, 4, 4), R = 0: scale 2 is accelerated with A = 4/16 and its previous map is also 4x4,
     # so the rank-map upsampling is the identity and the §13 map enters unchanged.
     cfg = DepthVARConfig(reference_scale=0)
-    plans = plan_scales((2, 4, 4), L, cfg)
+    plans = rank_tables((2, 4, 4), L, cfg)
     assert plans[0] is None and plans[2].c == pytest.approx(0.310539, abs=1e-6)
     assert plans[2].counts == tuple(EX_COUNTS)
     b = torch.tensor(EX_B, dtype=torch.float64)[None]
@@ -331,13 +330,13 @@ def test_worked_example_through_the_scheduler():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# §14.5 static counts under ordinal ranks; gathers
+# §14.5 static counts under ordinal ranks
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def test_counts_identical_across_batch():
     cfg = DepthVARConfig()
-    plans = plan_scales(PATCH_NUMS, L, cfg)
+    plans = rank_tables(PATCH_NUMS, L, cfg)
     g = torch.Generator().manual_seed(1)
     for plan in plans[7:]:
         h, w = plan.prev_hw
@@ -349,15 +348,10 @@ def test_counts_identical_across_batch():
         assert (counts == torch.tensor(plan.counts)).all()
         # every sample has the same multiset of depths
         assert (maps.depth.reshape(8, -1).sort(1).values == plan.depth_by_rank.sort().values).all()
-        indices = layer_token_indices(maps.mask, plan.counts)
-        for layer, idx in enumerate(indices):
-            assert idx.shape == (8, plan.counts[layer])
-            assert (idx[:, 1:] > idx[:, :-1]).all()  # raster order
-            assert maps.mask[:, layer].gather(1, idx).all()
 
 
 def test_tables_per_layer_counts_and_histogram():
-    plans = plan_scales(PATCH_NUMS, L, DepthVARConfig())  # R = 6, 'head'
+    plans = rank_tables(PATCH_NUMS, L, DepthVARConfig())  # R = 6, 'head'
     expected = {
         7: (0.807919, [100, 79, 88, 69, 94, 76, 83, 59, 99, 77, 86, 66, 91, 72, 81, 0,
                        100, 78, 87, 67, 92, 73, 82, 53, 97, 76, 84, 62, 89, 71], 2331),
@@ -392,7 +386,7 @@ HEAD_TABLE = {
 @pytest.mark.parametrize("ref", sorted(HEAD_TABLE))
 def test_budget_table_head(ref):
     cfg = DepthVARConfig(reference_scale=ref)
-    plans = plan_scales(PATCH_NUMS, L, cfg)
+    plans = rank_tables(PATCH_NUMS, L, cfg)
     areas = reference_areas(PATCH_NUMS, ref)
     accelerated = [i for i, p in enumerate(plans) if p is not None]
     assert accelerated == list(range(ref + 1, len(PATCH_NUMS)))
@@ -420,7 +414,7 @@ def test_zero_share_r5_16x16_spec_typo():
         tau = rho / 0.8 if rho <= 0.8 else (1 - rho) / 0.2
         zeros += 30 / (1 + math.exp(12 * (tau - 0.1650))) < 1
     assert zeros == 142
-    plan = plan_scales(PATCH_NUMS, L, DepthVARConfig(reference_scale=5))[9]
+    plan = rank_tables(PATCH_NUMS, L, DepthVARConfig(reference_scale=5))[9]
     assert int((plan.depth_by_rank == 0).sum()) == zeros
 
 
@@ -429,28 +423,28 @@ def test_token_layer_fractions():
     full = [0.255, 0.336, 0.500, 0.659, 0.864]
     for ref, f_head, f_full in zip(range(4, 9), head, full, strict=True):
         head_cfg = DepthVARConfig(reference_scale=ref)
-        assert token_layer_fraction(PATCH_NUMS, L, head_cfg) == pytest.approx(f_head, abs=5.01e-4)
+        assert _token_layer_fraction(PATCH_NUMS, head_cfg) == pytest.approx(f_head, abs=5.01e-4)
         cfg = DepthVARConfig(reference_scale=ref, area_mode="full")
-        assert token_layer_fraction(PATCH_NUMS, L, cfg) == pytest.approx(f_full, abs=5.01e-4)
+        assert _token_layer_fraction(PATCH_NUMS, cfg) == pytest.approx(f_full, abs=5.01e-4)
     assert scale_constants(PATCH_NUMS, L, DepthVARConfig(reference_scale=4, area_mode="full"))[9] == pytest.approx(
         0.0668, abs=5e-5)
     assert scale_constants(PATCH_NUMS, L, DepthVARConfig(area_mode="full"))[9] == pytest.approx(0.2458, abs=5e-5)
 
 
 def test_no_acceleration_and_linear_a_full_depth():
-    assert plan_scales(PATCH_NUMS, L, DepthVARConfig(reference_scale=9)) == [None] * 10  # R >= K-1: baseline
-    assert token_layer_fraction(PATCH_NUMS, L, DepthVARConfig(reference_scale=9)) == 1.0
-    plans = plan_scales(PATCH_NUMS, L, DepthVARConfig(schedule="linear-a"))
+    assert rank_tables(PATCH_NUMS, L, DepthVARConfig(reference_scale=9)) == [None] * 10  # R >= K-1: baseline
+    assert _token_layer_fraction(PATCH_NUMS, DepthVARConfig(reference_scale=9)) == 1.0
+    plans = rank_tables(PATCH_NUMS, L, DepthVARConfig(schedule="linear-a"))
     assert all(p.depth_by_rank[0] == L and p.counts[15] >= 1 for p in plans[7:])  # G(0) = 1 reaches d = L
 
 
 def test_match_discrete_budget():
     # realised Σ d = A' * N * L: 'head', R = 6 => A_i/eta * N_i * L = 64 / 0.8 * 30 = 2400 at every accelerated scale
-    plans = plan_scales(PATCH_NUMS, L, DepthVARConfig(match_discrete_budget=True))
+    plans = rank_tables(PATCH_NUMS, L, DepthVARConfig(match_discrete_budget=True))
     for plan in plans[7:]:
         assert abs(int(plan.depth_by_rank.sum()) - 2400) <= 1
     # without rotation, 'head': the left Riemann sum over rho < eta of d equals A_i N_i L = 64 * 30
-    plans = plan_scales(PATCH_NUMS, L, DepthVARConfig(match_discrete_budget=True, rotation=False))
+    plans = rank_tables(PATCH_NUMS, L, DepthVARConfig(match_discrete_budget=True, rotation=False))
     for plan in plans[7:]:
         n = plan.hw[0] * plan.hw[1]
         head = torch.arange(n) < 0.8 * n
@@ -478,7 +472,7 @@ def test_budget_solver_matches_variant_subnets():
         assert sol.config.target_fraction >= previous[0] and sol.token_layers >= previous[1]  # monotone in d
         previous = (sol.config.target_fraction, sol.token_layers)
         # the returned config reproduces the solution through the ordinary path
-        assert token_layer_fraction(PATCH_NUMS, L, sol.config, start_scale=6) == sol.achieved_fraction
+        assert _token_layer_fraction(PATCH_NUMS, sol.config, start_scale=6) == sol.achieved_fraction
         if depth < L:
             assert len({c for c in sol.constants[6:]}) == 1 and sol.constants[6] is not None
     # d = L: full depth everywhere
@@ -493,7 +487,7 @@ def test_budget_solver_other_settings_best_achievable():
         miss = abs(sol.token_layers - sol.target_token_layers)
         f = sol.config.target_fraction
         for scale in (0.9, 0.97, 0.99, 0.999, 1.001, 1.01, 1.03, 1.1):  # no nearby f does better
-            probe = token_layer_fraction(PATCH_NUMS, L, replace(sol.config, target_fraction=f * scale), start_scale=7)
+            probe = _token_layer_fraction(PATCH_NUMS, replace(sol.config, target_fraction=f * scale), start_scale=7)
             assert abs(probe * L * 525 - sol.target_token_layers) >= miss - 1e-6
     with pytest.raises(ValueError):
         budget_for_depth(PATCH_NUMS, L, bridge=0, depth=8)
@@ -501,16 +495,8 @@ def test_budget_solver_other_settings_best_achievable():
         budget_for_depth(PATCH_NUMS, L, bridge=6, depth=31)
 
 
-def test_reference_scale_for_budget():
-    # §10.3 realised means: R = 6 => (64 + .777*100 + .457*169 + .300*256) / 589 = 0.502 over the flexible zone
-    ref, frac = reference_scale_for_budget(PATCH_NUMS, L, bridge=6, depth=16)
-    assert ref == 6 and frac == pytest.approx((64 + 77.7 + 0.457 * 169 + 0.300 * 256) / 589, abs=1e-3)
-    ref, frac = reference_scale_for_budget(PATCH_NUMS, L, bridge=6, depth=8)  # R = 5 ~ 0.293
-    assert ref == 5 and frac == pytest.approx((0.683 * 64 + 43.5 + 0.255 * 169 + 0.166 * 256) / 589, abs=1e-3)
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# §14.9 similarity restoration (§6, §13.4) and §14.8 blending (§7)
+# §14.9 similarity restoration (§6, §13.4)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -574,16 +560,6 @@ def test_upsample_tokens_nearest_logits():
         assert torch.equal(up[:, dst], logits[:, src])
     bil = upsample_tokens(logits, (2, 2), (4, 4), "bilinear")
     torch.testing.assert_close(bil[:, 0], logits[:, 0])  # corners of align_corners=False bilinear
-
-
-def test_blending():
-    codes = torch.randn(3, 32, 4, 4)
-    assert torch.equal(blend_codes(codes, torch.ones(3, 4, 4, dtype=torch.float64)), codes)
-    score = torch.rand(3, 16, dtype=torch.float64)
-    torch.testing.assert_close(blend_codes(codes, score), codes * score.reshape(3, 1, 4, 4).float())
-    full = plan_scales((2, 4), L, DepthVARConfig(reference_scale=0, eta=0.2))[1]  # A' = 0.25 / 0.2 > 1
-    assert full.full_depth
-    assert torch.equal(blend_codes(codes, full.score_by_rank.reshape(1, 4, 4).expand(3, 4, 4)), codes)
 
 
 def test_config_validation():

@@ -3,21 +3,17 @@ per-image seeds and sharding. Tiny random VAR (depth 4, width 64, patch_nums 1..
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from varianttrain.evaluation.seeds import batches, image_seed, sample_name, shard_batches, work_list
 from varianttrain.methods import registry
-from varianttrain.methods.registry import (
-    DepthBudget,
-    MethodOptions,
-    MethodUnavailable,
-    build_method,
-    matched_early_exit,
-    plan_flops,
-    register_method,
-    resolve_methods,
-)
+from varianttrain.methods.baselines import matched_early_exit
+from varianttrain.methods.budget import DepthBudget, plan_flops
+from varianttrain.methods.registry import build_method, register_method, resolve_methods
+from varianttrain.methods.spec import MethodOptions
 from varianttrain.models.depth_plan import DepthPlan, layer_subset
 from varianttrain.models.flops import sampling_flops
 from varianttrain.models.var import VAR, VARConfig
@@ -129,9 +125,9 @@ def test_registry_register_resolve_and_errors(tiny, monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # keep the global registry clean
 
     def build_toy(var, options):
-        if options.knobs.get("missing"):
-            raise MethodUnavailable("toy needs a second checkpoint")
-        return SamplingMethod()
+        method = SamplingMethod()
+        method.budget_match = options.budget.match(var, options.budget.variant_flops(var), "toy: the subnet's cost")
+        return method
 
     register_method("toy", build_toy, help="test method")
     assert resolve_methods(["full,variant", "variant"]) == ["full", "variant"]
@@ -146,6 +142,113 @@ def test_registry_register_resolve_and_errors(tiny, monkeypatch):
         register_method("all", build_toy)
     with pytest.raises(ValueError, match="unknown knob"):
         build_method("earlyexit", var, MethodOptions(budget=_budget(2), knobs={"exit_at": 2}))
+
+
+def test_every_method_reports_how_it_meets_the_budget(tiny, monkeypatch):
+    var, _ = tiny
+    budget = _budget(2)
+    target = budget.variant_flops(var).total
+    for name in registry.available_methods():
+        match = build_method(name, var, MethodOptions(budget=budget)).budget_match
+        assert match.target_flops == target and match.note, name
+        assert match.flop_ratio == match.flops.total / target
+    full = build_method("full", var, MethodOptions(budget=budget)).budget_match
+    assert full.flops.total == plan_flops(var, DepthPlan.full(DEPTH, PATCH_NUMS)).total and full.flop_ratio > 1
+    assert build_method("variant", var, MethodOptions(budget=budget)).budget_match.flop_ratio == 1.0
+    explicit = build_method("earlyexit", var, MethodOptions(budget=budget, knobs={"exit_after": 1})).budget_match
+    assert "explicit exit_after=1" in explicit.note
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_method("silent", lambda v, o: SamplingMethod())  # forgets budget_match
+    with pytest.raises(TypeError, match="did not set budget_match"):
+        build_method("silent", var, MethodOptions(budget=budget))
+
+
+@pytest.mark.parametrize("options, needles", [
+    ({"depthvar": {"blend_at": "post_phi"}}, ["unknown knob(s) blend_at='post_phi'",
+                                             "depthvar understands reference_scale, ref_layer_range"]),
+    ({"depthvar": {"kv_fill": "proxy"}}, ["kv_fill='proxy'"]),
+    ({"depthvar": {"metric": "l1"}}, ["method_options.depthvar", "metric='l1'"]),
+    ({"depthvar": {"budget_match": "latency"}}, ["budget_match='latency'", "token_layers"]),
+    ({"depthvar": {"unit_score": 1}}, ["unit_score=1"]),
+    ({"fastvar": {"prune_ratios": 1.5}}, ["prune_ratios=1.5"]),
+    ({"fastvar": {"prune_scales": [3, 4], "prune_ratios": [0.5]}}, ["prune_ratios=[0.5]"]),
+    ({"fastvar": {"block_range": [5, 2]}}, ["block_range=[5, 2]"]),
+    ({"fastvar": {"restore_upsample": "bicubic"}}, ["restore_upsample='bicubic'", "area"]),
+    ({"stagevar": {"rank_fraction": 0}}, ["rank_fraction=0"]),
+    ({"stagevar": {"branch": "both"}}, ["branch='both'", "uncond"]),
+    ({"stagevar": {"ranks": [4, 0]}}, ["ranks=[4, 0]"]),
+    ({"earlyexit": {"exit_after": 0}}, ["exit_after=0"]),
+    ({"full": {"x": 1}}, ["full understands no knobs"]),
+    ({"nope": {}}, ["unknown methods ['nope']"]),
+])
+def test_method_options_are_checked_without_a_model(options, needles):
+    with pytest.raises(ValueError) as err:
+        registry.check_method_options(options)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_method_options_report_every_problem_and_accept_good_values():
+    good = {"depthvar": {"reference_scale": 3, "schedule": "linear-a", "budget_match": "flops", "unit_score": False},
+            "fastvar": {"prune_scales": [2, 3], "prune_ratios": [0.1, 0.4], "block_range": [1, 2]},
+            "stagevar": {"refine_from": 2, "rank_fraction": 0.5, "branch": "uncond", "seed": 3},
+            "earlyexit": {"exit_after": 2}, "full": {}}
+    registry.check_method_options(good)
+    with pytest.raises(ValueError) as err:
+        registry.check_method_options({"depthvar": {"eta": 2.0}, "stagevar": {"seed": 0.5}})
+    assert "eta=2.0" in str(err.value) and "seed=0.5" in str(err.value)
+
+
+def test_eval_refuses_bad_method_options_before_loading_a_model(tmp_path):
+    from varianttrain.evaluation.runner import EvalInputError, build_config, run
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "eval_tiny.yaml"
+    cfg = build_config(config, [f"model.var={tmp_path / 'absent.pth'}", f"out_dir={tmp_path / 'out'}",
+                                "method_options.depthvar.blend_at=post_phi"])
+    with pytest.raises(EvalInputError, match="blend_at='post_phi'"):  # not "VAR checkpoint ... not found"
+        run(cfg, log=lambda msg: None)
+
+
+def _tiny_eval_config(tiny, tmp_path, *overrides: str):
+    from varianttrain.evaluation.runner import build_config
+
+    var, vqvae = tiny
+    torch.save(var.state_dict(), tmp_path / "var.pth")
+    torch.save(vqvae.state_dict(), tmp_path / "vqvae.pth")
+    config = Path(__file__).resolve().parents[1] / "configs" / "eval_tiny.yaml"
+    return build_config(config, [f"model.var={tmp_path / 'var.pth'}", f"model.vqvae={tmp_path / 'vqvae.pth'}",
+                                 f"out_dir={tmp_path / 'out'}", *overrides])
+
+
+def test_eval_builds_every_method_before_sampling(tiny, tmp_path):
+    from varianttrain.evaluation.runner import EvalInputError, run
+
+    cfg = _tiny_eval_config(tiny, tmp_path, "methods=[full,fastvar]", "method_options.fastvar.block_range=[0, 9]")
+    with pytest.raises(EvalInputError, match="method fastvar: .*block_range"):  # the model has blocks 0..3
+        run(cfg, log=lambda msg: None)
+    assert not (tmp_path / "out" / "full").exists()  # full was not sampled first
+
+
+def test_report_rows_carry_the_budget_match(tiny, tmp_path):
+    from varianttrain.evaluation.runner import run
+
+    var, _ = tiny
+    cfg = _tiny_eval_config(tiny, tmp_path, "cost_only=true", "cost.enabled=false",
+                            "method_options.fastvar.prune_ratios=0.25")
+    report = run(cfg, log=lambda msg: None)
+    rows = {r["method"]: r for r in report["methods"]}
+    assert list(rows) == registry.available_methods()
+    budget = DepthBudget(DEPTH, PATCH_NUMS, 2, bridge_scales=2, depth_choices=(1, 2))
+    for name, row in rows.items():
+        method = build_method(name, var, MethodOptions(budget=budget, knobs=cfg.method_options.get(name, {})))
+        assert row["budget_flops_per_image"] == budget.variant_flops(var).total
+        assert row["flops_closed_form_per_image"] == method.budget_match.flops.total
+        assert row["flop_ratio"] == method.budget_match.flop_ratio and row["budget_note"] == method.budget_match.note
+    assert rows["fastvar"]["budget_note"] == "explicit prune ratios: not budget-matched"
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| FLOPs / budget |" in markdown and "### How each method meets the budget" in markdown
+    assert "| fastvar | " in markdown and "explicit prune ratios: not budget-matched |" in markdown
+    assert f"| {rows['variant']['flop_ratio']:.4f} |" in markdown
 
 
 def test_image_seeds_are_pure_and_distinct():

@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import random_tiny_var, tiny_vqvae
 
-from varianttrain.methods.depthvar_schedule import upsample_tokens
+from varianttrain.methods.budget import DepthBudget
+from varianttrain.methods.common import upsample_tokens
 from varianttrain.methods.fastvar import FastVARMethod, default_block_range, keep_count
-from varianttrain.methods.registry import DepthBudget, MethodOptions, available_methods, build_method
+from varianttrain.methods.registry import available_methods, build_method
+from varianttrain.methods.spec import MethodOptions
 from varianttrain.methods.stagevar import StageVARMethod, projection_energy, stage_start
 from varianttrain.models.depth_plan import FULL_SCALE, ScalePlan
 from varianttrain.models.var import VAR
@@ -86,7 +88,7 @@ def test_fastvar_full_budget_equals_full(var, vqvae, full):
     method = _build("fastvar", var, depth=DEPTH)
     out = _run(var, vqvae, method)
     _assert_same_samples(out, full)
-    assert method.flop_ratio == 1.0 and out.flops == full.flops
+    assert method.budget_match.flop_ratio == 1.0 and out.flops == full.flops
 
 
 class _FastCapture(FastVARMethod):
@@ -133,14 +135,15 @@ def test_fastvar_flops_kv_and_rng_parity(var, vqvae, full):
         flops.append(out.flops)
         if depth < DEPTH:
             assert out.kv_cache_bytes < full.kv_cache_bytes
-            assert abs(method.flop_ratio - 1) < 0.08  # one common ratio, tiny-model granularity
+            assert abs(method.budget_match.flop_ratio - 1) < 0.08  # one common ratio, tiny-model granularity
     assert flops == sorted(flops, reverse=True) and flops[-1] < flops[0] == full.flops
 
 
 def test_fastvar_infeasible_budget_prunes_everything(var, vqvae):
-    """Below the floor of the always-run blocks the ratio saturates at 1 and the method says so via flop_ratio."""
+    """Below the floor of the always-run blocks the ratio saturates at 1 and budget_match says so (ratio, note)."""
     method = _build("fastvar", var, depth=1)
-    assert set(method.keep.values()) == {0} and method.flop_ratio > 1
+    assert set(method.keep.values()) == {0} and method.budget_match.flop_ratio > 1
+    assert "out of reach" in method.budget_match.note
     out = _run(var, vqvae, method, decode=False)
     assert out.flops == len(LABELS) * method.expected_flops(var).total
 
@@ -160,7 +163,7 @@ def test_stagevar_no_refinement_equals_full(var, vqvae, full):
     method = _build("stagevar", var, refine_from=K, ranks=[])
     _assert_same_samples(_run(var, vqvae, method), full)
     full_budget = _build("stagevar", var, depth=DEPTH)
-    assert full_budget.refine_from == K and full_budget.flop_ratio == 1.0
+    assert full_budget.refine_from == K and full_budget.budget_match.flop_ratio == 1.0
     _assert_same_samples(_run(var, vqvae, full_budget), full)
 
 
@@ -214,7 +217,7 @@ def test_stagevar_budget_flops(var, vqvae, full):
         out = _run(var, vqvae, method, decode=False)
         assert out.flops == len(LABELS) * method.expected_flops(var).total
         if depth < DEPTH:
-            assert abs(method.flop_ratio - 1) < 0.03
+            assert abs(method.budget_match.flop_ratio - 1) < 0.03
         flops.append(out.flops)
     assert flops[0] == full.flops
     assert flops == sorted(flops, reverse=True) and len(set(flops)) == len(flops)
@@ -242,6 +245,8 @@ def test_stagevar_single_branch_logits_are_that_branchs_logits(var, vqvae, branc
     cached = torch.cat(out.guided_logits[refine_from:], dim=1)
     torch.testing.assert_close(cached, teacher[:, begin:], atol=1e-4, rtol=1e-4)
     assert out.raw_logits[-1].shape[0] == len(LABELS)  # one branch only
+    # the closed form counts what ran, the null-class row's recomputed AdaLN modulations included
+    assert out.flops == len(LABELS) * method.expected_flops(var).total
 
 
 def test_projection_energy_full_rank_is_the_centred_norm():
@@ -264,6 +269,6 @@ def test_budget_edges(var, vqvae, full, name, bridge):
     out = _run(var, vqvae, method, decode=False)
     assert out.flops == len(LABELS) * method.expected_flops(var).total
     if bridge == K:
-        assert method.flop_ratio == 1.0 and out.flops == full.flops
+        assert method.budget_match.flop_ratio == 1.0 and out.flops == full.flops
     else:
         assert out.flops < full.flops

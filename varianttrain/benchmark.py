@@ -2,10 +2,15 @@
 
     python -m varianttrain.benchmark --preset tiny            # CPU, seconds (what CI keeps working)
     python -m varianttrain.benchmark --preset d30 --batch 64  # GPU, VAR-d30 with random weights
+    python -m varianttrain.benchmark --config configs/smoke_cpu.yaml --train-batch 16 --steps 20  # optimizer steps
 
 Timings do not depend on weight values, so random weights stand in for var_d30.pth. Every figure of one run is
 measured in the same process; compare ratios within a run, and absolute times only on a GPU. Prints a table and
 writes JSON (`--out`).
+
+Presets time the model alone (forward + backward of the training forward, and sampling per method). `--config`
+times what a training run's step does instead: the supernet module of that training config (random weights, no
+checkpoint read, no data loading) runs forward + backward + gradient clipping + the optimizer step, per depth.
 """
 
 from __future__ import annotations
@@ -20,13 +25,18 @@ from pathlib import Path
 
 import torch
 
+from varianttrain.config_io import load_config, replace_path
+from varianttrain.methods.budget import DepthBudget
+from varianttrain.methods.registry import build_method
+from varianttrain.methods.spec import MethodOptions
 from varianttrain.models.depth_plan import SUBSET_RULES, DepthPlan, layer_subset
-from varianttrain.models.flops import FlopCounter, sampling_flops, teacher_forcing_flops
+from varianttrain.models.flops import FlopCounter, teacher_forcing_flops
 from varianttrain.models.var import VAR, VARConfig
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
 from varianttrain.sampling.config import SamplingConfig
 from varianttrain.sampling.rng import TokenRNG
-from varianttrain.sampling.sampler import SamplingMethod, StaticPlanMethod, generate
+from varianttrain.sampling.sampler import SamplingMethod, generate
+from varianttrain.training.config import SupernetRunConfig
 
 # Dense bf16 tensor-core peaks (TFLOP/s) used for MFU; the figure for an unknown device is left empty.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L20": 119.5, "4090": 165.2}
@@ -143,17 +153,15 @@ def bench_training(var: VAR, plans: dict[str, DepthPlan], batch: int, device: to
 
 def sampling_methods(var: VAR, preset: Preset, rule: str, names: list[str]) -> dict[str, SamplingMethod]:
     """Every requested method at every depth budget of the preset (full once)."""
-    from varianttrain.methods.registry import DepthBudget, MethodOptions, build_method
-
     cfg = var.config
-    methods: dict[str, SamplingMethod] = {"full": StaticPlanMethod(DepthPlan.full(cfg.depth, cfg.patch_nums))}
+    full_budget = DepthBudget(cfg.depth, cfg.patch_nums, cfg.depth, bridge_scales=preset.bridge_scales)
+    methods = {"full": build_method("full", var, MethodOptions(budget=full_budget))}
     for d in preset.depth_choices:
         budget = DepthBudget(cfg.depth, cfg.patch_nums, d, bridge_scales=preset.bridge_scales, subset_rule=rule,
                              depth_choices=preset.depth_choices)
         for name in names:
             if name != "full":
-                methods[f"{name}-d{d}"] = build_method(name, var, MethodOptions(budget=budget,
-                                                                                device=str(var.pos_1LC.device)))
+                methods[f"{name}-d{d}"] = build_method(name, var, MethodOptions(budget=budget))
     return methods
 
 
@@ -176,11 +184,9 @@ def bench_sampling(var: VAR, vqvae: VQVAE, methods: dict[str, SamplingMethod], b
         counted = FlopCounter()
         for step in out.stats:
             counted.merge(step.flops)
-        if isinstance(method, StaticPlanMethod):  # scale-wise plans: the count must equal the closed form
-            blocks = [tuple(range(cfg.depth)) if sc.blocks is None else sc.blocks for sc in method.plan.scales]
-            closed = sampling_flops(cfg.embed_dim, cfg.vocab_size, cfg.z_channels, cfg.patch_nums, blocks)
-            if out.flops != closed.total * batch:
-                raise AssertionError(f"{name}: counted {out.flops} FLOPs, closed form {closed.total * batch}")
+        closed = method.budget_match.flops.total * batch  # what the sampler runs must be what the method declares
+        if out.flops != closed:
+            raise AssertionError(f"{name}: counted {out.flops} FLOPs, closed form {closed}")
         tflops = out.flops / seconds / 1e12
         if base_time is None:
             base_time, base_block_flops = seconds, _block_flops(counted)
@@ -189,6 +195,56 @@ def bench_sampling(var: VAR, vqvae: VQVAE, methods: dict[str, SamplingMethod], b
                         mfu=tflops / peak_tflops if peak_tflops else None, peak_mem_gb=_peak_gb(device),
                         kv_cache_gb=out.kv_cache_bytes / 2**30))
     return rows
+
+
+def bench_optimizer_step(cfg: SupernetRunConfig, batch: int, steps: int, images: bool,
+                         warmup: int = 3) -> list[dict]:
+    """A training run's optimizer step on the CPU, per depth (full + depth choices): ms/step, images/s, tokens/s.
+
+    The supernet module of `cfg` with random weights (init 'scratch', no tokenizer checkpoint, no EMA) trains on
+    synthetic data: token indices, or with `images` random images tokenised on the fly by its frozen VQVAE.
+    """
+    # Lightning comes with the training module: imported here so that the presets do not pay for it.
+    from varianttrain.training.module import SupernetModule
+    from varianttrain.training.optim import build_optimizer
+
+    cfg = replace_path(cfg, "model.init", "scratch")
+    cfg = replace_path(cfg, "model.vqvae_checkpoint", None)
+    cfg = replace_path(cfg, "ema.enabled", False)
+    module = SupernetModule(cfg)
+    module.train()
+    module.vqvae.eval()
+    opt = build_optimizer(module.var, cfg.optim, on_cuda=False)
+    L, res = module.var.L, cfg.data.resolution
+    label_B = torch.randint(0, cfg.model.num_classes, (batch,))
+    if images:
+        x = torch.rand(batch, 3, res, res) * 2 - 1
+    else:
+        x = torch.randint(0, cfg.model.vqvae.vocab_size, (batch, L))
+    rows = []
+    for key, depth in module.eval_depths:
+        module.set_active_subnet(1.0 if depth else 0.0, depth)
+        for i in range(warmup + steps):
+            if i == warmup:
+                t0 = time.perf_counter()
+            gt_BL, x_BLCv, lab = module.prepare_batch((x, label_B))
+            logits = module.var(lab, x_BLCv, module.plan(depth))
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gt_BL.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.var.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        dt = (time.perf_counter() - t0) / steps
+        rows.append({"depth": key, "ms_per_step": 1000 * dt, "images_per_s": batch / dt,
+                     "tokens_per_s": batch * L / dt})
+    return rows
+
+
+def format_step_table(rows: list[dict]) -> str:
+    lines = ["| depth | ms/step | images/s | tokens/s |", "|---|---|---|---|"]
+    lines += [f"| {r['depth']} | {r['ms_per_step']:.1f} | {r['images_per_s']:.1f} | {r['tokens_per_s']:.0f} |"
+              for r in rows]
+    return "\n".join(lines)
 
 
 def analytic_rows(preset: Preset, rule: str, names: list[str], batch: int = 64, kv_bytes_per_el: int = 2) -> list[dict]:
@@ -200,20 +256,13 @@ def analytic_rows(preset: Preset, rule: str, names: list[str], batch: int = 64, 
     cfg = var.config
     out, base = [], None
     for name, method in methods.items():
-        if isinstance(method, StaticPlanMethod):
-            blocks = [tuple(range(cfg.depth)) if sc.blocks is None else sc.blocks for sc in method.plan.scales]
-            flops = sampling_flops(cfg.embed_dim, cfg.vocab_size, cfg.z_channels, cfg.patch_nums, blocks)
-        elif hasattr(method, "expected_flops"):
-            flops = method.expected_flops(var)
-        else:
-            continue
+        flops = method.budget_match.flops
         if base is None:
             base = flops
         kv = None
         plan = method.kv_capacity_plan()
-        rows = getattr(method, "rows", lambda: [2] * len(cfg.patch_nums))()
-        if plan is not None or isinstance(method, StaticPlanMethod):
-            plan = plan or method.plan
+        rows = getattr(method, "rows", lambda: [2] * len(cfg.patch_nums))()  # StageVAR drops a CFG branch
+        if plan is not None:
             table = plan.tokens_per_block()  # [scale][block]
             kv = sum(r * sum(row) for r, row in zip(rows, table, strict=True)) * 2 * cfg.embed_dim * kv_bytes_per_el
             kv *= batch
@@ -275,8 +324,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--analytic", action="store_true",
                         help="only the closed-form FLOPs / ideal speedups / KV bytes of the preset (meta device, any "
                              "machine); d30 numbers without a GPU")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="time a training config's optimizer step per depth instead of a preset (CPU)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of --config (repeatable)")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per depth (--config)")
+    parser.add_argument("--images", action="store_true",
+                        help="--config: tokenise synthetic images on the fly (VQVAE encode) instead of token indices")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.config is not None:
+        return _main_optimizer_step(args)
     if args.analytic:
         preset = PRESETS[args.preset]()
         rows = analytic_rows(preset, args.subset_rule, args.methods)
@@ -289,8 +349,6 @@ def main(argv: list[str] | None = None) -> dict:
         return {"analytic": rows}
 
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     preset = PRESETS[args.preset]()
     torch.manual_seed(0)
@@ -315,6 +373,24 @@ def main(argv: list[str] | None = None) -> dict:
               "bridge_scales": preset.bridge_scales, "rows": [asdict(r) for r in rows]}
     print(f"# {args.preset} on {name}, {dtype}, torch {torch.__version__}")
     print(format_table(rows))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _main_optimizer_step(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    cfg = load_config(SupernetRunConfig, args.config, args.overrides)
+    batch = args.train_batch or 8
+    rows = bench_optimizer_step(cfg, batch, args.steps, args.images)
+    print(f"# {args.config}, batch {batch}, {args.steps} steps, input "
+          f"{'images (VQVAE on the fly)' if args.images else 'token indices'}, {device_name(torch.device('cpu'))}, "
+          f"torch {torch.__version__}")
+    print(format_step_table(rows))
+    result = {"config": str(args.config), "overrides": args.overrides, "batch": batch, "steps": args.steps,
+              "images": args.images, "device": device_name(torch.device("cpu")), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "optimizer_step": rows}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

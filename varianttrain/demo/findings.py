@@ -314,8 +314,9 @@ def ratio(out: Path, setup: Setup, **_: Any) -> tuple[str, dict[str, Any]]:
 
 def skipping(out: Path, setup: Setup, supernet: str | None = None, **_: Any) -> tuple[str, dict[str, Any]]:
     """VARiant subnet vs DepthVAR vs naive layer skipping vs early exit at equal FLOPs."""
-    from varianttrain.methods.registry import DepthBudget, MethodOptions, get_method
-    from varianttrain.sampling.config import SamplingConfig
+    from varianttrain.methods.budget import DepthBudget
+    from varianttrain.methods.registry import get_method
+    from varianttrain.methods.spec import MethodOptions
 
     log = setup.log
     ev, pretrained = make_evaluator(setup)
@@ -331,7 +332,7 @@ def skipping(out: Path, setup: Setup, supernet: str | None = None, **_: Any) -> 
     for d in meta["depth_choices"]:
         budget = DepthBudget(D, pretrained.patch_nums, d, bridge_scales=meta["bridge_scales"],
                              depth_choices=tuple(meta["depth_choices"]), layer_subsets=subsets)
-        opts = MethodOptions(budget=budget, sampling=SamplingConfig.preset(ev.protocol), vqvae=ev.vqvae)
+        opts = MethodOptions(budget=budget)
         entries = [("VARiant subnet (supernet-trained)", var_sn, "variant"),
                    ("naive layer skipping (same subnet, no supernet training)", pretrained, "variant"),
                    ("DepthVAR (training-free)", pretrained, "depthvar"),

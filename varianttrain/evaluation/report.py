@@ -7,7 +7,9 @@ rather than refusing because a report comes at the end of a long run; failing th
 
 Headline latency is the end-to-end median at the largest measured batch size (64 by default: the batch of the
 published CoDe / VARiant timings); "speedup" is full's latency over the method's at that batch size, measured in
-the same run. Per-batch-size numbers are in the JSON and in a second table.
+the same run. Per-batch-size numbers are in the JSON and in a second table. Every row also says how its method
+meets the run's compute budget (`SamplingMethod.budget_match`): "FLOPs / budget" in the headline table, the budget's
+FLOPs and the method's note in a third.
 """
 
 from __future__ import annotations
@@ -107,10 +109,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["## Results", "",
               "Latency: end-to-end median (VQVAE decode included) at the largest measured batch size; model-only "
               "excludes decode. Speedup: full's latency / the method's, same run, same batch size. FLOPs: what "
-              "the sampler executed for the plan actually used (matmul FLOPs, 2 per MAC, CFG included).", "",
+              "the sampler executed for the plan actually used (matmul FLOPs, 2 per MAC, CFG included). FLOPs / "
+              "budget: the method's closed-form FLOPs over those of the budget's VARiant subnet.", "",
               "| method | plan | FID ↓ | IS ↑ | samples | batch | latency e2e (s) | latency model (s) | speedup | "
-              "img/s | peak mem | KV cache | GFLOPs/img | FLOPs speedup |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "img/s | peak mem | KV cache | GFLOPs/img | FLOPs speedup | FLOPs / budget |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         c = headline_cost(row) or {}
         is_txt = _fmt(row.get("inception_score_mean"), ".1f")
@@ -123,8 +126,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             _fmt(c.get("batch_size"), "d"), _fmt(c.get("e2e_s"), ".4f"), _fmt(c.get("model_s"), ".4f"),
             _fmt(c.get("speedup"), ".2f") + ("x" if c.get("speedup") else ""), _fmt(c.get("images_per_s"), ".2f"),
             _bytes(c.get("peak_memory_bytes")), _bytes(c.get("kv_cache_bytes")),
-            _fmt(gflops / 1e9 if gflops else None, ".4g"),
-            _fmt(row.get("flops_speedup"), ".2f") + " |"]))
+            _fmt(gflops / 1e9 if gflops else None, ".4g"), _fmt(row.get("flops_speedup"), ".2f"),
+            _fmt(row.get("flop_ratio"), ".4f") + " |"]))
     if any(r.get("precision") is not None for r in rows):
         lines += ["", "| method | precision | recall |", "|---|---|---|"]
         lines += [f"| {r['method']} | {_fmt(r.get('precision'))} | {_fmt(r.get('recall'))} |" for r in rows]
@@ -137,9 +140,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {c['batch_size']} | {c['e2e_s']:.4f} | {c['e2e_s_mean']:.4f} | "
                          f"{c['model_s']:.4f} | {_fmt(c.get('speedup'), '.2f')} | {_fmt(c.get('speedup_model'), '.2f')}"
                          f" | {c['images_per_s']:.2f} | {_bytes(c['peak_memory_bytes'])} | {c['peak_memory_kind']} |")
-    notes = [r for r in rows if r.get("notes")]
-    if notes:
-        lines += ["", "### Notes", ""] + [f"- **{r['method']}**: {r['notes']}" for r in notes]
+    budgeted = [r for r in rows if r.get("budget_note") is not None]
+    if budgeted:
+        lines += ["", "### How each method meets the budget", "",
+                  "| method | budget GFLOPs/img | closed-form GFLOPs/img | FLOPs / budget | how |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {_fmt(r['budget_flops_per_image'] / 1e9, '.4g')} | "
+                  f"{_fmt(r['flops_closed_form_per_image'] / 1e9, '.4g')} | {_fmt(r['flop_ratio'], '.4f')} | "
+                  f"{r['budget_note']} |" for r in budgeted]
     published = report.get("published") or []
     if published:
         lines += ["", "## Published numbers (ANCHORS.md §0.1; other hardware: compare quality, not latency)", ""]

@@ -40,16 +40,9 @@ from varianttrain.evaluation.generation import barrier, dist_rank_world, generat
 from varianttrain.evaluation.images import load_image
 from varianttrain.evaluation.report import PUBLISHED, write_report
 from varianttrain.evaluation.seeds import class_list, sample_name, work_list
-from varianttrain.methods.registry import (
-    DEFAULT_BRIDGE_SCALES,
-    DepthBudget,
-    MethodOptions,
-    MethodUnavailable,
-    available_methods,
-    get_method,
-    plan_flops,
-    resolve_methods,
-)
+from varianttrain.methods.budget import DEFAULT_BRIDGE_SCALES, DepthBudget
+from varianttrain.methods.registry import build_method, check_method_options, resolve_methods
+from varianttrain.methods.spec import MethodOptions
 from varianttrain.models.var import VAR, VARConfig
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
 from varianttrain.sampling.sampler import SamplingMethod, StaticPlanMethod
@@ -308,13 +301,12 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = _log) -> dict[str, Any] | 
 
 def _run(cfg: EvalConfig, device: torch.device, log: Callable[[str], None]) -> dict[str, Any] | None:
     rank, world = dist_rank_world()
+    try:  # knobs a method would refuse fail here, before any weights are read
+        check_method_options(cfg.method_options)
+    except ValueError as err:
+        raise EvalInputError(str(err)) from err
     var_path = _require_file(cfg.model.var, "model.var", "--var", "VAR checkpoint")
-    unknown_knobs = sorted(set(cfg.method_options) - set(available_methods()))
-    if unknown_knobs:
-        raise EvalInputError(f"method_options has entries for unknown methods {unknown_knobs}; registered: "
-                             f"{', '.join(available_methods())}")
     names = resolve_methods(cfg.methods)
-    from_all = any(p.strip() == "all" for entry in cfg.methods for p in entry.split(","))
     try:
         var, meta = load_var_with_metadata(var_path, cfg.model.patch_nums, device, ema=cfg.model.ema)
         # An export names the VQVAE it was trained with; the config still wins.
@@ -336,37 +328,36 @@ def _run(cfg: EvalConfig, device: torch.device, log: Callable[[str], None]) -> d
     image_size = vqvae.config.image_size
     out_dir = Path(cfg.out_dir)
 
+    def options_for(name: str) -> MethodOptions:
+        return MethodOptions(budget=budget, knobs=dict(cfg.method_options.get(name, {})))
+
+    timed = list(names)
+    if cfg.cost.enabled and cfg.cost.reference_full and "full" not in timed:
+        timed.append("full")
+    methods: dict[str, SamplingMethod] = {}
+    for name in timed:  # all of them before any sampling: a knob this model cannot run fails now, not hours later
+        try:
+            methods[name] = build_method(name, var, options_for(name))
+        except ValueError as err:  # e.g. a block or scale index the model does not have
+            raise EvalInputError(f"method {name}: {err}") from err
+
     do_metrics = cfg.metrics.enabled and not cfg.cost_only
     extractor = ref = ref_feats = None
     if do_metrics:  # before any sampling: a missing weights or statistics file must fail in seconds, not hours
         extractor = load_extractor(cfg, device)
         ref, ref_feats = load_reference(cfg, extractor, device, image_size)
 
-    def options_for(name: str) -> MethodOptions:
-        return MethodOptions(budget=budget, knobs=dict(cfg.method_options.get(name, {})), sampling=sampling,
-                             vqvae=vqvae, device=str(device),
-                             model_loader=lambda p: load_var(Path(p), var.patch_nums, device))
-
     header = protocol_header(cfg, sampling, budget, var, len(items), world, device, vqvae_path, vqvae)
     log(f"[eval] {len(names)} method(s) {names} | {header['budget']} | {header['samples']} | {world} rank(s)")
     rows: list[dict[str, Any]] = []
-    timed = list(names)
-    if cfg.cost.enabled and cfg.cost.reference_full and "full" not in timed:
-        timed.append("full")
-    for name in timed:
+    for name, method in methods.items():
         reference_only = name not in names
-        try:
-            method = get_method(name).build(var, options_for(name))
-        except MethodUnavailable as err:
-            if not from_all:
-                raise
-            log(f"[eval] skipping {name}: {err}")
-            rows.append({"method": name, "status": "skipped", "notes": str(err)})
-            continue
+        match = method.budget_match
         row: dict[str, Any] = {"method": name, "status": "reference, cost only" if reference_only else "ok",
-                               "plan": describe_method(method), "knobs": dict(cfg.method_options.get(name, {}))}
-        if isinstance(method, StaticPlanMethod) and all(s.token_mask_BDl is None for s in method.plan.scales):
-            row["flops_closed_form_per_image"] = plan_flops(var, method.plan).total
+                               "plan": describe_method(method), "knobs": dict(cfg.method_options.get(name, {})),
+                               "flops_closed_form_per_image": match.flops.total,
+                               "budget_flops_per_image": match.target_flops, "flop_ratio": match.flop_ratio,
+                               "budget_note": match.note}
         method_dir = out_dir / name
         if not reference_only and not cfg.cost_only:
             manifest = {"method": name, "method_knobs": row["knobs"], "budget": budget.describe(),

@@ -1,6 +1,6 @@
 """DepthVAR (per-token dynamic depth) as a strategy of the one sampler.
 
-The math (scores, depths, masks, restoration, blending, budgets) lives in `depthvar_schedule`; this module wires
+The math (scores, depths, masks, restoration, budgets) lives in `depthvar_schedule`; this module wires
 it into `varianttrain.sampling.sampler.generate` through the `SamplingMethod` hooks, following the §2 loop of
 shared/reference/depthvar/DEPTHVAR_SPEC.md (section numbers below refer to it):
 
@@ -20,92 +20,31 @@ Budget (`build_depthvar`): ``reference_scale`` (knob or `DepthBudget.reference_s
 d subnet over its flexible zone) or, with ``budget_match: flops``, with one target fraction solved on the sampler's
 counted FLOPs. At VAR-d30 token-layer matching leaves the FLOPs 0.8-1.4 % under the VARiant target (attention is
 cheaper when the tokens spread over all blocks' smaller KV caches), see docs/METHODS.md.
-
-Also home of the helpers shared by the token-level methods (`fastvar`, `stagevar`): closed-form FLOPs of a
-per-block token-count table as the sampler counts them, and static KV-capacity plans.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import fields, replace
+from typing import Any
 
 import torch
 
+from varianttrain.methods.common import capacity_plan, counted_flops, fill_skipped, match_budget, upsample_tokens
 from varianttrain.methods.depthvar_schedule import (
     DepthMaps,
     DepthVARConfig,
     budget_for_depth,
     depth_maps,
-    plan_scales,
+    max_target_area,
+    rank_tables,
     restore_similar,
-    upsample_tokens,
 )
-from varianttrain.methods.registry import MethodOptions, register_method
+from varianttrain.methods.spec import MethodOptions, MethodSpec, check_choice, knob_error
 from varianttrain.models.depth_plan import FULL_SCALE, DepthPlan, ScalePlan
 from varianttrain.models.flops import FlopCounter
 from varianttrain.models.var import VAR
 from varianttrain.sampling.sampler import SamplingContext, SamplingMethod
-
-# ----------------------------------------------------------------------------------------------------------------
-# Shared helpers for token-level methods
-# ----------------------------------------------------------------------------------------------------------------
-
-TokenCounts = Sequence[Sequence[int] | None]  # per scale: tokens that run each block (None: every token)
-
-
-def counted_flops(var: VAR, counts: TokenCounts, rows: Sequence[int] | None = None) -> FlopCounter:
-    """FLOPs of one image exactly as `generate` counts them, for per-block token counts (closed form).
-
-    Args:
-        counts: per scale k, `counts[k][b]` = tokens that run block b (None: all N_k tokens run every block).
-        rows: per scale, the rows one image occupies (2 with CFG, 1 once the guidance branch is dropped).
-
-    Mirrors the sampler: a block's keys are its cache length after appending the current tokens; the head runs on
-    every token; the next scale's embedding is counted with the current scale's rows; the AdaLN modulations of all
-    blocks once with both CFG rows (the sampler computes every block's modulation at scale 0).
-    """
-    rows = [2] * len(var.patch_nums) if rows is None else list(rows)
-    counter = FlopCounter()
-    cached = [0] * var.depth
-    for k, pn in enumerate(var.patch_nums):
-        n_k = pn * pn
-        per_block = [n_k] * var.depth if counts[k] is None else counts[k]
-        for b, n in enumerate(per_block):
-            if n:
-                cached[b] += n
-                counter.add_block(rows[k], n, cached[b], var.C)
-        counter.add_head(rows[k], n_k, var.C, var.V)
-        if k + 1 < len(var.patch_nums):
-            counter.add_embed(rows[k], var.patch_nums[k + 1] ** 2, var.Cvae, var.C)
-    counter.add_modulation(2, var.C, var.depth)
-    return counter
-
-
-def capacity_plan(depth: int, patch_nums: Sequence[int], counts: TokenCounts) -> DepthPlan:
-    """A static `DepthPlan` whose per-block token totals are `counts` (for `SamplingMethod.kv_capacity_plan`).
-
-    Only the counts matter to `VAR.new_kv_caches`; the synthetic masks mark the first n tokens.
-    """
-    scales = []
-    for k, pn in enumerate(patch_nums):
-        if counts[k] is None:
-            scales.append(FULL_SCALE)
-            continue
-        n_k = pn * pn
-        positions = torch.arange(n_k)
-        mask = torch.stack([positions < n for n in counts[k]])[None]  # (1, depth, n_k)
-        scales.append(ScalePlan(token_mask_BDl=mask))
-    return DepthPlan(depth, patch_nums, scales)
-
-
-def fill_skipped(x_in: torch.Tensor, x_out: torch.Tensor, ran_Bl: torch.Tensor | None,
-                 delta_BlC: torch.Tensor) -> torch.Tensor:
-    """Tokens that did not run the block take x_in + delta (proxy residual); ran_Bl None: all ran, x_out as is."""
-    if ran_Bl is None:
-        return x_out
-    return torch.where(ran_Bl[..., None], x_out, x_in + delta_BlC.to(x_in.dtype))
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # The method
@@ -122,7 +61,8 @@ class DepthVARMethod(SamplingMethod):
             gather/scatter path, no restoration, blending by 1); must reproduce the full model exactly.
 
     State across scales of one call (reset in `begin`): the previous scale's Δ per block (`deltas_prev`), the
-    previous scale's guided logits (restoration), the current scale's `DepthMaps`.
+    previous scale's guided logits (restoration), the current scale's `DepthMaps`. The per-scale rank tables
+    (`tables`, `depth_schedule.ScaleRankTable`) are fixed at construction.
     """
 
     name = "depthvar"
@@ -133,13 +73,13 @@ class DepthVARMethod(SamplingMethod):
         self.unit_score = unit_score
         self.depth = var.depth
         self.patch_nums = tuple(var.patch_nums)
-        self.plans = plan_scales(self.patch_nums, self.depth, config)
-        # A plan with c None (infeasible budget) runs standard inference (S = 1, §3.5); with unit_score every
+        self.tables = rank_tables(self.patch_nums, self.depth, config)
+        # A table with c None (infeasible budget) runs standard inference (S = 1, §3.5); with unit_score every
         # scale > R goes through the masked path.
-        self.accelerated = frozenset(k for k, p in enumerate(self.plans)
-                                     if p is not None and (unit_score or not p.full_depth))
+        self.accelerated = frozenset(k for k, t in enumerate(self.tables)
+                                     if t is not None and (unit_score or not t.full_depth))
         self.recorded = frozenset(k - 1 for k in self.accelerated)  # scales whose Δ the next scale needs
-        self._device_plans: dict[str, list] = {}
+        self._device_tables: dict[str, list] = {}
         self._reset()
 
     # ------------------------------------------------------------------ per-call state
@@ -157,9 +97,9 @@ class DepthVARMethod(SamplingMethod):
                              f"{ctx.var.config.describe()}")
         self._reset()
         key = str(ctx.device)
-        if key not in self._device_plans:  # move the rank tables once per device (§5.2: no per-step copies)
-            self._device_plans[key] = [None if p is None else p.to(ctx.device) for p in self.plans]
-        self._plans = self._device_plans[key]
+        if key not in self._device_tables:  # move the rank tables once per device (§5.2: no per-step copies)
+            self._device_tables[key] = [None if t is None else t.to(ctx.device) for t in self.tables]
+        self._tables = self._device_tables[key]
 
     # ------------------------------------------------------------------ hooks
     def scale_plan(self, scale: int) -> ScalePlan:
@@ -172,9 +112,9 @@ class DepthVARMethod(SamplingMethod):
         if self.deltas_prev is None or any(d is None for d in self.deltas_prev):
             raise RuntimeError(f"depthvar: no block changes recorded at scale {scale - 1}; was the block hook run?")
         if self.unit_score:
-            self.maps = _unit_maps(self.deltas_prev[0], self._plans[scale].hw, self.depth)
+            self.maps = _unit_maps(self.deltas_prev[0], self._tables[scale].hw, self.depth)
         else:
-            self.maps = depth_maps(self.deltas_prev, self._plans[scale], self.config)
+            self.maps = depth_maps(self.deltas_prev, self._tables[scale], self.config)
         return ScalePlan(token_mask_BDl=self.maps.mask)
 
     @property
@@ -186,8 +126,8 @@ class DepthVARMethod(SamplingMethod):
 
     def _hook(self, block: int, x_in: torch.Tensor, x_out: torch.Tensor, ran_Bl: torch.Tensor | None) -> torch.Tensor:
         if self.maps is not None and ran_Bl is not None:
-            plan = self._plans[self._k]
-            proxy = upsample_tokens(self.deltas_prev[block], plan.prev_hw, plan.hw, self.config.proxy_upsample)
+            table = self._tables[self._k]
+            proxy = upsample_tokens(self.deltas_prev[block], table.prev_hw, table.hw, self.config.proxy_upsample)
             x_out = fill_skipped(x_in, x_out, ran_Bl, proxy)  # §5.1 corrected rule
         if self._deltas_cur is not None:
             self._deltas_cur[block] = x_out - x_in  # computed change, or the proxy change of masked tokens (§5.5)
@@ -196,8 +136,8 @@ class DepthVARMethod(SamplingMethod):
     def before_head(self, scale: int, x_BlC: torch.Tensor) -> torch.Tensor:
         if self.maps is None or not self.config.restoration or self.unit_score:
             return x_BlC
-        plan = self._plans[scale]
-        features = upsample_tokens(self._logits_prev, plan.prev_hw, plan.hw, "nearest")  # §6 step 3
+        table = self._tables[scale]
+        features = upsample_tokens(self._logits_prev, table.prev_hw, table.hw, "nearest")  # §6 step 3
         x_BlC, self._source = restore_similar(x_BlC, self.maps.depth, features, self.config.restore_window,
                                               self.config.restore_threshold)
         return x_BlC
@@ -224,13 +164,13 @@ class DepthVARMethod(SamplingMethod):
     def token_counts(self) -> list[list[int] | None]:
         """Per scale the per-block token counts (ordinal ranks make them image-independent, §3.2)."""
         out: list[list[int] | None] = []
-        for k, plan in enumerate(self.plans):
+        for k, table in enumerate(self.tables):
             if k not in self.accelerated:
                 out.append(None)
             elif self.unit_score:
                 out.append([self.patch_nums[k] ** 2] * self.depth)
             else:
-                out.append(list(plan.counts))
+                out.append(list(table.counts))
         return out
 
     def expected_flops(self, var: VAR) -> FlopCounter:
@@ -256,13 +196,7 @@ def _unit_maps(like: torch.Tensor, hw: tuple[int, int], depth: int) -> DepthMaps
 
 
 def _check_supported(config: DepthVARConfig, depth: int) -> None:
-    """Options the sampler hooks cannot express are refused here, with the reason (see docs/METHODS.md)."""
-    if config.blend_at != "pre_phi":
-        raise ValueError("depthvar: blend_at='post_phi' needs the score applied after Phi, but the sampler's "
-                         "code_weights hook multiplies the code vectors before Phi; only 'pre_phi' is supported")
-    if config.kv_fill != "omit":
-        raise ValueError("depthvar: kv_fill='proxy' needs K/V of tokens that skip a block, which forward_scale "
-                         "cannot write (a skipped token never enters the block); only 'omit' is supported")
+    """What only the model can tell: the reference layers must exist."""
     if config.ref_layer_range[1] >= depth:
         raise ValueError(f"depthvar: ref_layer_range={list(config.ref_layer_range)} outside the model's "
                          f"{depth} blocks")
@@ -288,35 +222,29 @@ def default_layer_range(depth: int) -> tuple[int, int]:
     return min(lo, depth - 1), min(max(hi, lo), depth - 1)
 
 
-def _match_flops(var: VAR, base: DepthVARConfig, target: int, f_max: float) -> float:
+def _match_flops(var: VAR, base: DepthVARConfig, target: int) -> float:
     """Target fraction f in (0, f_max] whose counted FLOPs come closest to `target` (ties: the cheaper one).
 
-    FLOPs are a nondecreasing step function of f (a larger area raises every token's score), so bisect on the
-    first f reaching the target and compare it with the largest f below.
+    FLOPs are a nondecreasing step function of f (a larger area raises every token's score).
     """
 
     def flops(f: float) -> int:
-        cfg = replace(base, target_fraction=f)
-        plans = plan_scales(var.patch_nums, var.depth, cfg)
-        counts = [None if p is None or p.full_depth else list(p.counts) for p in plans]
+        tables = rank_tables(var.patch_nums, var.depth, replace(base, target_fraction=f))
+        counts = [None if t is None or t.full_depth else list(t.counts) for t in tables]
         return counted_flops(var, counts).total
 
-    lo, hi = 1e-9, f_max
-    if flops(lo) >= target:
-        return lo
-    if flops(hi) <= target:
-        return hi
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        lo, hi = (lo, mid) if flops(mid) >= target else (mid, hi)
-    return hi if flops(hi) - target < target - flops(lo) else lo
+    return match_budget(flops, target, 1e-9, max_target_area(base))
 
 
-def _max_area(config: DepthVARConfig) -> float:
-    """Target area at which every accelerated scale becomes full depth (spec §3.5: A' >= 1 is infeasible)."""
-    return config.eta if config.area_mode == "head" else 1.0
+def check_knobs(knobs: Mapping[str, Any]) -> None:
+    """Every knob value that can be judged without the model (DepthVARConfig checks its own fields)."""
+    check_choice("depthvar", knobs, "budget_match", BUDGET_MATCH)
+    if not isinstance(knobs.get("unit_score", False), bool):
+        raise knob_error("depthvar", "unit_score", knobs["unit_score"], "true or false")
+    try:
+        DepthVARConfig(**{k: knobs[k] for k in CONFIG_KNOBS if k in knobs})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"method_options.depthvar: {err}") from err
 
 
 def depthvar_config_for(var: VAR, options: MethodOptions) -> tuple[DepthVARConfig, str]:
@@ -331,41 +259,36 @@ def depthvar_config_for(var: VAR, options: MethodOptions) -> tuple[DepthVARConfi
     cfg_kwargs = {k: knobs[k] for k in CONFIG_KNOBS if k in knobs}
     cfg_kwargs.setdefault("ref_layer_range", default_layer_range(var.depth))
     match = knobs.get("budget_match", "token_layers")
-    if match not in BUDGET_MATCH:
-        raise ValueError(f"method_options.depthvar.budget_match={match!r}; expected one of {BUDGET_MATCH}")
     reference = cfg_kwargs.pop("reference_scale", budget.reference_scale)
     if reference is not None:
         cfg = DepthVARConfig(reference_scale=int(reference), **cfg_kwargs)
-        return cfg, f"paper mode: reference scale R={reference}"
+        return cfg, f"paper mode: reference scale R={reference} (A_i = N_R / N_i), not matched to the budget"
     K = len(var.patch_nums)
     if budget.is_full or budget.bridge_scales >= K:  # no flexible zone: the budget is the full model
         return DepthVARConfig(reference_scale=K - 1, **cfg_kwargs), "full depth (d = D or no flexible zone)"
     base = DepthVARConfig(**cfg_kwargs)
     if budget.bridge_scales == 0:  # scale 0 has no previous scale to rank: accelerate from scale 1, match FLOPs
         base = replace(base, reference_scale=0)
-        f = _match_flops(var, base, budget.variant_flops(var).total, _max_area(base))
+        f = _match_flops(var, base, budget.variant_flops(var).total)
         return replace(base, target_fraction=f), f"bridge 0: R=0, FLOPs matched to VARiant d={budget.depth}: f={f:.6f}"
     solution = budget_for_depth(var.patch_nums, var.depth, budget.bridge_scales, budget.depth, base)
     if match == "token_layers":
         note = (f"token layers matched to VARiant d={budget.depth}: fraction {solution.achieved_fraction:.4f} "
                 f"(target {solution.target_fraction:.4f}), R={solution.config.reference_scale}")
         return solution.config, note
-    target = budget.variant_flops(var).total
-    f = _match_flops(var, solution.config, target, _max_area(solution.config))
+    f = _match_flops(var, solution.config, budget.variant_flops(var).total)
     return replace(solution.config, target_fraction=f), f"FLOPs matched to VARiant d={budget.depth}: f={f:.6f}"
 
 
 def build_depthvar(var: VAR, options: MethodOptions) -> DepthVARMethod:
     """Registry factory (see the module docstring for the budget rule)."""
     config, note = depthvar_config_for(var, options)
-    method = DepthVARMethod(var, config, unit_score=bool(options.knobs.get("unit_score", False)))
-    target = options.budget.variant_flops(var).total
-    method.budget_note = note
-    method.flop_ratio = method.expected_flops(var).total / target  # counted / VARiant budget (one image)
+    method = DepthVARMethod(var, config, unit_score=options.knobs.get("unit_score", False))
+    method.budget_match = options.budget.match(var, method.expected_flops(var), note)
     return method
 
 
-register_method(
-    "depthvar", build_depthvar, knobs=CONFIG_KNOBS + EXTRA_KNOBS,
+METHOD = MethodSpec(
+    "depthvar", build_depthvar, knobs=CONFIG_KNOBS + EXTRA_KNOBS, check_values=check_knobs,
     help="DepthVAR: per-token depth at the scales after R from the previous scale's block changes (CVPR 2026); "
          "--depth d matches the VARiant d subnet's token layers, reference_scale gives the paper mode")

@@ -4,17 +4,16 @@ Everything here follows shared/reference/depthvar/DEPTHVAR_SPEC.md; section numb
 [P] (paper) / [D] (project decision) are the spec's. Nothing touches a model: the sampler integration (gathers,
 proxies, KV cache) calls these functions once per scale.
 
-Use inside the sampler loop::
+Use inside the sampler loop (`varianttrain.methods.depthvar` does exactly this through the sampler hooks)::
 
-    plans = plan_scales(patch_nums, num_layers, cfg)          # once: constants, scores and counts per scale
+    tables = rank_tables(patch_nums, num_layers, cfg)         # once: constants, scores and counts per scale
     ...
-    plan = plans[i]                                           # None: standard full-depth inference
-    if plan is not None:
-        maps = depth_maps(delta_prev, plan, cfg)              # S (B,h,w), d (B,h,w), mask (B,L,N), order (B,N)
-        idx = layer_token_indices(maps.mask, plan.counts)     # per block (B, n_l), raster order, static shapes
-        ... blocks; proxies: upsample_tokens(delta_prev[l], plan.prev_hw, plan.hw, cfg.proxy_upsample)
-        x, src = restore_similar(x, maps.depth, upsample_tokens(logits_prev, plan.prev_hw, plan.hw, "nearest"))
-        codes = blend_codes(codes, maps.score)                # when cfg.blending
+    table = tables[i]                                         # None: standard full-depth inference
+    if table is not None:
+        maps = depth_maps(delta_prev, table, cfg)             # S (B,h,w), d (B,h,w), mask (B,L,N), order (B,N)
+        ... blocks on the mask; proxies x + up(delta_prev[l]) for the tokens a block skips
+        x, src = restore_similar(x, maps.depth, logits_prev upsampled to (h, w))
+        codes = codes * maps.score                            # when cfg.blending (pre-phi, §7)
 
 Shapes: B images (the model sees 2B rows with CFG: [0,B) conditional, [B,2B) unconditional), N = h*w tokens of
 the current scale in raster order, L blocks, C width.
@@ -23,7 +22,7 @@ the current scale in raster order, L blocks, C width.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -31,7 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from varianttrain.methods.common import match_budget
+
 FAMILIES = ("sigmoid", "linear-a", "linear-b")
+# Token-layer budgets are solved to this resolution in the target area f: a step of the realised count narrower
+# than 1e-15 is a float rounding artefact of the schedule, not a different budget.
+AREA_RESOLUTION = 1e-15
 
 
 def _check(value: object, name: str, allowed: tuple) -> None:
@@ -59,9 +63,7 @@ class DepthVARConfig:
     restore_threshold: float = 0.9  # strict: restore only when cosine similarity > threshold [P]
     restore_window: int = 5  # anchor grid spacing in tokens [P]
     restore_weight: str = "own"  # code weight of a restored token: its own S | the 'anchor' S (§6 step 6)
-    blending: bool = True  # multiply codes by the continuous S (§7)
-    blend_at: str = "pre_phi"  # 'pre_phi' (literal Eq. 2) | 'post_phi' (§7)
-    kv_fill: str = "omit"  # K/V of masked tokens: 'omit' [P] | 'proxy' (ablation, §5.3)
+    blending: bool = True  # multiply the code vectors by the continuous S before phi (literal Eq. 2, §7)
     match_discrete_budget: bool = False  # solve c on the realised floor(L*S) budget instead of the area (§3.5)
     # Project extension (not in the paper): one common target area f for every accelerated scale instead of
     # A_i = N_R / N_i. Set by budget_for_depth for the equal-compute comparison with a VARiant subnet.
@@ -83,8 +85,6 @@ class DepthVARConfig:
         _check(self.rank_upsample, "rank_upsample", ("bilinear", "nearest"))
         _check(self.proxy_upsample, "proxy_upsample", ("bilinear",))
         _check(self.restore_weight, "restore_weight", ("own", "anchor"))
-        _check(self.blend_at, "blend_at", ("pre_phi", "post_phi"))
-        _check(self.kv_fill, "kv_fill", ("omit", "proxy"))
         if not self.sigmoid_k > 0:
             raise ValueError(f"DepthVARConfig.sigmoid_k={self.sigmoid_k!r}; expected > 0")
         if not 0.0 < self.eta < 1.0:
@@ -135,21 +135,6 @@ def layer_major_mask(depth: Tensor, num_layers: int) -> Tensor:
     """Bool (B, L, N) with M[b, l, p] = pos_L[l] < d[b, p], from depths (B, h, w) or (B, N) (§4.3)."""
     pos = torch.tensor(layer_positions(num_layers), device=depth.device)
     return depth.reshape(depth.shape[0], 1, -1) > pos[None, :, None]
-
-
-def active_counts(depth: Tensor, num_layers: int) -> Tensor:
-    """n_l per sample, (B, L): tokens that run block l (§4.3)."""
-    return layer_major_mask(depth, num_layers).sum(-1)
-
-
-def layer_token_indices(mask: Tensor, counts: Sequence[int]) -> list[Tensor]:
-    """Per block l, the (B, n_l) raster-ordered indices of its active tokens (§5.2).
-
-    One stable sort for all blocks, no host sync. Needs the same n_l for every sample, which ordinal ranks
-    guarantee (§3.2); raster order keeps the all-ones mask bit-exact with the standard forward (§14 item 6).
-    """
-    idx = torch.sort(mask.to(torch.uint8), dim=-1, descending=True, stable=True).indices
-    return [idx[:, layer, :n] for layer, n in enumerate(counts)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,34 +241,9 @@ def schedule_value(x: Tensor, family: str, c: float, k: float = 12.0) -> Tensor:
     raise ValueError(f"family={family!r}; expected one of {FAMILIES}")
 
 
-def _softplus(z: float) -> float:
-    return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
-
-
 def _log_expm1(z: float) -> float:
     """log(e^z - 1) for z > 0, free of overflow (large z) and cancellation (small z)."""
     return math.log(math.expm1(z)) if z < 30.0 else z + math.log1p(-math.exp(-z))
-
-
-def area_integral(c: float, family: str, k: float = 12.0, upper: float = 1.0) -> float:
-    """J(c) = ∫_0^upper G(x; c) dx in closed form; upper = 1 gives I(c) of §3.5."""
-    u = upper
-    if family == "sigmoid":
-        return (_softplus(k * c) - _softplus(k * (c - u))) / k
-    if family == "linear-a":
-        if c <= 0:
-            return u  # G clipped to 1 everywhere
-        return u - c * u * u / 2 if c * u <= 1 else 1.0 / (2 * c)
-    if family == "linear-b":
-        a = -c  # slope magnitude; G = min(1, a(1-x))
-        if a <= 0:
-            return 0.0
-        if a <= 1:
-            return a * (u - u * u / 2)
-        if a * (1 - u) >= 1:
-            return u  # G = 1 on the whole [0, upper]
-        return 1 - 1 / (2 * a) - a * (1 - u) ** 2 / 2
-    raise ValueError(f"family={family!r}; expected one of {FAMILIES}")
 
 
 def _inverse_area(target: float, upper: float, family: str, k: float) -> float:
@@ -299,35 +259,6 @@ def _inverse_area(target: float, upper: float, family: str, k: float) -> float:
         # smaller root of (1-u)^2 a^2 - 2(1-T) a + 1 = 0, written without cancellation
         return -1 / ((1 - t) + math.sqrt((1 - t) ** 2 - (1 - u) ** 2))
     raise ValueError(f"family={family!r}; expected one of {FAMILIES}")
-
-
-def _bisect_area(target: float, upper: float, family: str, k: float) -> float:
-    """Generic fallback (§3.5): bisection on c with bracket expansion, using only the monotonicity of J."""
-    # Reparametrise c by t so that J increases with t on all of R (linear-a needs c > 0, linear-b c < 0).
-    to_c: Callable[[float], float] = {
-        "sigmoid": lambda t: t,
-        "linear-a": lambda t: math.exp(-t),
-        "linear-b": lambda t: -math.exp(t),
-    }[family]
-
-    def area(t: float) -> float:
-        return area_integral(to_c(t), family, k, upper)
-
-    lo, hi = -1.0, 1.0
-    for _ in range(64):
-        if area(lo) <= target:
-            break
-        lo *= 2
-    for _ in range(64):
-        if area(hi) >= target:
-            break
-        hi *= 2
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if hi - lo <= 1e-15 * max(1.0, abs(mid)) or mid in (lo, hi):
-            break
-        lo, hi = (mid, hi) if area(mid) < target else (lo, mid)
-    return to_c(0.5 * (lo + hi))
 
 
 def _area_target(target_area: float, eta: float, rotation: bool, area_mode: str) -> tuple[float, float]:
@@ -347,22 +278,17 @@ def solve_schedule_constant(
     eta: float = 0.8,
     rotation: bool = True,
     area_mode: str = "head",
-    method: str = "closed",
 ) -> float | None:
     """c for a target area A (§3.5), or None when A' >= the attainable area: run that scale at full depth.
 
-    method: 'closed' (closed forms, float64 with expm1/log1p) or 'bisect' (generic fallback).
+    Closed forms in float64 (expm1/log1p where cancellation or overflow would bite).
     """
     if not target_area > 0:
         raise ValueError(f"target_area={target_area}; expected > 0")
     upper, target = _area_target(target_area, eta, rotation, area_mode)
     if target >= upper:
         return None
-    if method == "closed":
-        return _inverse_area(target, upper, family, k)
-    if method == "bisect":
-        return _bisect_area(target, upper, family, k)
-    raise ValueError(f"method={method!r}; expected 'closed' or 'bisect'")
+    return _inverse_area(target, upper, family, k)
 
 
 def depth_scores(rho: Tensor, c: float | None, cfg: DepthVARConfig) -> Tensor:
@@ -374,7 +300,7 @@ def depth_scores(rho: Tensor, c: float | None, cfg: DepthVARConfig) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Per-scale constants and plans
+# Per-scale constants and rank tables
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -401,42 +327,7 @@ def _rank_depths(num_tokens: int, c: float | None, num_layers: int, cfg: DepthVA
     return score, integer_depths(score, num_layers)
 
 
-def _solve_step(g: Callable[[float], float], target: float, lo: float, hi: float) -> float:
-    """p in [lo, hi] where the nondecreasing step function g comes closest to target (ties: the lower value).
-
-    Returns the centre of that value's plateau, so that rounding of p elsewhere cannot move it onto a neighbour step.
-    """
-
-    def boundary(pred: Callable[[float], bool], a: float, b: float) -> tuple[float, float]:
-        # pred(a) False, pred(b) True, monotone; shrink to adjacent floats
-        for _ in range(200):
-            mid = 0.5 * (a + b)
-            if mid in (a, b) or b - a <= 1e-15:
-                break
-            a, b = (a, mid) if pred(mid) else (mid, b)
-        return a, b
-
-    def plateau(value: float, inside: float) -> tuple[float, float]:
-        # [left, right] on which g == value, given one point inside it
-        left = lo if g(lo) >= value else boundary(lambda p: g(p) >= value, lo, inside)[1]
-        right = hi if g(hi) <= value else boundary(lambda p: g(p) > value, inside, hi)[0]
-        return left, right
-
-    g_lo, g_hi = g(lo), g(hi)
-    if g_lo >= target:
-        value, inside = g_lo, lo
-    elif g_hi <= target:
-        value, inside = g_hi, hi
-    else:
-        below, above = boundary(lambda p: g(p) >= target, lo, hi)
-        v_below, v_above = g(below), g(above)
-        value, inside = (v_above, above) if v_above - target < target - v_below else (v_below, below)
-    left, right = plateau(value, inside)
-    mid = 0.5 * (left + right)
-    return mid if g(mid) == value else inside
-
-
-def _max_area(cfg: DepthVARConfig) -> float:
+def max_target_area(cfg: DepthVARConfig) -> float:
     """Smallest target area A at which the budget becomes infeasible (full depth), see _area_target."""
     return cfg.eta if cfg.area_mode == "head" else 1.0
 
@@ -456,7 +347,8 @@ def _match_discrete(num_tokens: int, target_area: float, num_layers: int, cfg: D
         c = solve_schedule_constant(p, cfg.schedule, cfg.sigmoid_k, cfg.eta, cfg.rotation, cfg.area_mode)
         return float(_rank_depths(num_tokens, c, num_layers, cfg)[1][counted].sum())
 
-    p = _solve_step(realised, target * num_tokens * num_layers, 1e-12, _max_area(cfg))
+    p = match_budget(realised, target * num_tokens * num_layers, 1e-12, max_target_area(cfg),
+                     resolution=AREA_RESOLUTION)
     return solve_schedule_constant(p, cfg.schedule, cfg.sigmoid_k, cfg.eta, cfg.rotation, cfg.area_mode)
 
 
@@ -477,7 +369,7 @@ def scale_constants(
 
 
 @dataclass(frozen=True, eq=False)
-class ScalePlan:
+class ScaleRankTable:
     """What DepthVAR needs at one accelerated scale and that does not depend on the image (§3.5, §5.2).
 
     With ordinal ranks the depth is a function of the rank alone, so the scores, depths and per-block counts are
@@ -498,26 +390,26 @@ class ScalePlan:
         """True when the scale should simply run standard inference."""
         return self.c is None
 
-    def to(self, device: torch.device | str) -> ScalePlan:
+    def to(self, device: torch.device | str) -> ScaleRankTable:
         """Copy with the rank tables on device (do it once, not per step)."""
         return replace(self, score_by_rank=self.score_by_rank.to(device), depth_by_rank=self.depth_by_rank.to(device))
 
 
-def plan_scales(
+def rank_tables(
     patch_nums: Sequence[int | Sequence[int]], num_layers: int, cfg: DepthVARConfig
-) -> list[ScalePlan | None]:
-    """One ScalePlan per accelerated scale i > R, None for standard scales; R >= K-1 gives the baseline (§2)."""
+) -> list[ScaleRankTable | None]:
+    """One ScaleRankTable per accelerated scale i > R, None for standard scales; R >= K-1 gives the baseline (§2)."""
     hws = [_hw(p) for p in patch_nums]
     pos = torch.tensor(layer_positions(num_layers))
-    plans: list[ScalePlan | None] = []
+    tables: list[ScaleRankTable | None] = []
     for i, c in enumerate(scale_constants(patch_nums, num_layers, cfg)):
         if i <= cfg.reference_scale:
-            plans.append(None)
+            tables.append(None)
             continue
         score, depth = _rank_depths(hws[i][0] * hws[i][1], c, num_layers, cfg)
         counts = tuple(int(n) for n in (depth[None, :] > pos[:, None]).sum(1))
-        plans.append(ScalePlan(i, hws[i], hws[i - 1], num_layers, c, score, depth, counts))
-    return plans
+        tables.append(ScaleRankTable(i, hws[i], hws[i - 1], num_layers, c, score, depth, counts))
+    return tables
 
 
 @dataclass(frozen=True, eq=False)
@@ -530,28 +422,20 @@ class DepthMaps:
     order: Tensor | None  # (B, N) tokens by descending change (ordinal ranks); None with 'min' ties
 
 
-def depth_maps(deltas: Sequence[Tensor] | Tensor, plan: ScalePlan, cfg: DepthVARConfig) -> DepthMaps:
+def depth_maps(deltas: Sequence[Tensor] | Tensor, table: ScaleRankTable, cfg: DepthVARConfig) -> DepthMaps:
     """SCHEDULER of §2: previous-scale Δ (per block (2B, N_prev, C)) -> S, d and the layer-major mask."""
-    b = rank_map(deltas, plan.prev_hw, cfg.ref_layer_range, cfg.metric, cfg.cfg_halves)
-    b = upsample_rank_map(b, plan.hw, cfg.rank_upsample)
+    b = rank_map(deltas, table.prev_hw, cfg.ref_layer_range, cfg.metric, cfg.cfg_halves)
+    b = upsample_rank_map(b, table.hw, cfg.rank_upsample)
     shape = b.shape
     if cfg.rank_ties == "ordinal":
         order, rank = ordinal_order(b)
-        score = plan.score_by_rank.to(b.device)[rank]
-        depth = plan.depth_by_rank.to(b.device)[rank]
+        score = table.score_by_rank.to(b.device)[rank]
+        depth = table.depth_by_rank.to(b.device)[rank]
     else:  # counts may differ between images: the caller pads (§8)
         order = None
-        score = depth_scores(percentiles(b, "min"), plan.c, cfg)
-        depth = integer_depths(score, plan.num_layers)
-    return DepthMaps(score.reshape(shape), depth.reshape(shape), layer_major_mask(depth, plan.num_layers), order)
-
-
-def upsample_tokens(tokens: Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """(R, N_src, C) token maps -> (R, N_dst, C); bilinear uses align_corners=False (proxies §5.1, logits §6)."""
-    rows, _, channels = tokens.shape
-    grid = tokens.transpose(1, 2).reshape(rows, channels, *src_hw)
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(grid, size=tuple(dst_hw), mode=mode, **kwargs).flatten(2).transpose(1, 2)
+        score = depth_scores(percentiles(b, "min"), table.c, cfg)
+        depth = integer_depths(score, table.num_layers)
+    return DepthMaps(score.reshape(shape), depth.reshape(shape), layer_major_mask(depth, table.num_layers), order)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -559,24 +443,14 @@ def upsample_tokens(tokens: Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _token_layers(plans: Sequence[ScalePlan | None], sizes: Sequence[int], num_layers: int, start: int) -> int:
+def _token_layers(tables: Sequence[ScaleRankTable | None], sizes: Sequence[int], num_layers: int,
+                  start: int) -> int:
+    """Σ d over the scales >= start: token-block evaluations (N L at a standard scale)."""
     return sum(
-        n * num_layers if plan is None else int(plan.depth_by_rank.sum())
-        for i, (plan, n) in enumerate(zip(plans, sizes, strict=True))
+        n * num_layers if table is None else int(table.depth_by_rank.sum())
+        for i, (table, n) in enumerate(zip(tables, sizes, strict=True))
         if i >= start
     )
-
-
-def token_layer_fraction(
-    patch_nums: Sequence[int | Sequence[int]], num_layers: int, cfg: DepthVARConfig, start_scale: int = 0
-) -> float:
-    """Σ_i N_i mean(d_i) / (L Σ_i N_i) over scales >= start_scale, full depth at standard scales (§10.3).
-
-    Realised integer depths under ordinal ranks (identical for every image); a linear-cost proxy.
-    """
-    sizes = [h * w for h, w in map(_hw, patch_nums)]
-    plans = plan_scales(patch_nums, num_layers, cfg)
-    return _token_layers(plans, sizes, num_layers, start_scale) / (num_layers * sum(sizes[start_scale:]))
 
 
 @dataclass(frozen=True)
@@ -602,7 +476,7 @@ def budget_for_depth(
 
     Project decision [D; the paper only has --reference-scale]: keep the schedule machinery of §3 but accelerate
     exactly the flexible-zone scales (R = bridge - 1) and give them one common target area f instead of N_R/N_i.
-    f is solved by bisection so that the realised integer token-layer count over the flexible zone (ordinal ranks,
+    f is solved (`match_budget`) so that the realised integer token-layer count over the flexible zone (ordinal ranks,
     so the same for every image) equals depth * Σ N_i; when no f hits it exactly (one f moves several tokens at once)
     the closest count is taken, ties to the cheaper one. depth = L gives full depth. match_discrete_budget is
     switched off in the returned config: f already matches the discrete budget, jointly over the zone.
@@ -617,17 +491,18 @@ def budget_for_depth(
     base = replace(cfg, reference_scale=bridge - 1, match_discrete_budget=False)
 
     def realised(f: float) -> float:
-        plans = plan_scales(patch_nums, num_layers, replace(base, target_fraction=f))
-        return float(_token_layers(plans, sizes, num_layers, bridge))
+        tables = rank_tables(patch_nums, num_layers, replace(base, target_fraction=f))
+        return float(_token_layers(tables, sizes, num_layers, bridge))
 
-    f_max = _max_area(base)  # at f_max every flexible scale runs at full depth
-    f = f_max if depth == num_layers else _solve_step(realised, float(target), 1e-12, f_max)
+    f_max = max_target_area(base)  # at f_max every flexible scale runs at full depth
+    f = f_max if depth == num_layers else match_budget(realised, float(target), 1e-12, f_max,
+                                                       resolution=AREA_RESOLUTION)
     solved = replace(base, target_fraction=f)
-    plans = plan_scales(patch_nums, num_layers, solved)
-    achieved = _token_layers(plans, sizes, num_layers, bridge)
+    tables = rank_tables(patch_nums, num_layers, solved)
+    achieved = _token_layers(tables, sizes, num_layers, bridge)
     return BudgetSolution(
         config=solved,
-        constants=tuple(None if p is None else p.c for p in plans),
+        constants=tuple(None if t is None else t.c for t in tables),
         target_fraction=depth / num_layers,
         achieved_fraction=achieved / (num_layers * sum(sizes[bridge:])),
         token_layers=achieved,
@@ -635,32 +510,8 @@ def budget_for_depth(
     )
 
 
-def reference_scale_for_budget(
-    patch_nums: Sequence[int | Sequence[int]],
-    num_layers: int,
-    bridge: int,
-    depth: int,
-    cfg: DepthVARConfig | None = None,
-) -> tuple[int, float]:
-    """Paper mode (A_i = N_R/N_i): the R >= bridge-1 whose flexible-zone fraction is closest to depth/L.
-
-    Returns (R, achieved fraction); ties go to the cheaper R. Coarse by construction — use budget_for_depth for
-    an exact match.
-    """
-    cfg = DepthVARConfig() if cfg is None else cfg
-    best: tuple[float, float, int] | None = None
-    for ref in range(bridge - 1, len(patch_nums) - 1):
-        frac = token_layer_fraction(patch_nums, num_layers, replace(cfg, reference_scale=ref, target_fraction=None),
-                                    start_scale=bridge)
-        key = (abs(frac - depth / num_layers), frac, ref)
-        best = key if best is None or key < best else best
-    if best is None:
-        raise ValueError(f"bridge={bridge} leaves no scale to accelerate")
-    return best[2], best[1]
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# Similarity restoration (§6) and code blending (§7)
+# Similarity restoration (§6)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -731,12 +582,3 @@ def restore_similar(
         raise ValueError(f"{rows} hidden rows do not match a batch of {batch}")
     index = source.repeat(rows // batch, 1)  # rows [0,B) cond, [B,2B) uncond share the sample's choice (§8)
     return hidden.gather(1, index[..., None].expand_as(hidden)), source
-
-
-def blend_codes(codes: Tensor, score: Tensor) -> Tensor:
-    """z = S ⊙ e: codes (B, Cv, h, w) weighted by the continuous score S (B, h, w) or (B, N) [P] (§7).
-
-    Continuous S, not d/L (the paper's floor brackets are a typesetting artefact).
-    """
-    batch, _, h, w = codes.shape
-    return codes * score.reshape(batch, 1, h, w).to(codes.dtype)

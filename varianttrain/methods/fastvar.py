@@ -28,22 +28,31 @@ This port (decisions and deviations, each forced by or chosen for the sampler's 
 
 Budget (`build_fastvar`): the pruned scales are the budget's flexible zone (scales >= bridge N, where VARiant saves
 its compute), the cache scale is N-1 (the last full-depth bridge scale), and one prune ratio p for all pruned scales
-(keep N_k - floor(p N_k) tokens, the official rounding) is solved by bisection so that the sampler's counted FLOPs
-come closest to `budget.variant_flops` (ties: the cheaper). With the default block range the flexible zone cannot go
-below (D - 25)/D of its depth (5 of 30 blocks always run): budgets below that (VAR-d30: d = 4, 2) get p = 1 and
-exceed the target; the ratio is in `flop_ratio` and docs/METHODS.md. Explicit knobs win: ``prune_scales``,
-``prune_ratios`` (one float or one per pruned scale), ``cache_scale``, ``block_range``, ``restore_upsample``.
+(keep N_k - floor(p N_k) tokens, the official rounding) is solved (`match_budget`) so that the sampler's counted
+FLOPs come closest to `budget.variant_flops` (ties: the cheaper). With the default block range the flexible zone
+cannot go below (D - 25)/D of its depth (5 of 30 blocks always run): budgets below that (VAR-d30: d = 4, 2) get
+p = 1 and exceed the target; the method's `budget_match` says so (ratio and note), see docs/METHODS.md. Explicit
+knobs win: ``prune_scales``, ``prune_ratios`` (one float or one per pruned scale), ``cache_scale``,
+``block_range``, ``restore_upsample``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from varianttrain.methods.depthvar import capacity_plan, counted_flops, fill_skipped
-from varianttrain.methods.depthvar_schedule import upsample_tokens
-from varianttrain.methods.registry import MethodOptions, register_method
+from varianttrain.methods.common import capacity_plan, counted_flops, fill_skipped, match_budget, upsample_tokens
+from varianttrain.methods.spec import (
+    MethodOptions,
+    MethodSpec,
+    check_choice,
+    check_int,
+    check_int_list,
+    is_number,
+    knob_error,
+)
 from varianttrain.models.depth_plan import FULL_SCALE, DepthPlan, ScalePlan
 from varianttrain.models.flops import FlopCounter
 from varianttrain.models.var import VAR
@@ -192,9 +201,32 @@ class FastVARMethod(SamplingMethod):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _ratio_ok(value: Any) -> bool:
+    return is_number(value) and 0.0 <= value <= 1.0
+
+
+def check_knobs(knobs: Mapping[str, Any]) -> None:
+    """Every knob value that can be judged without the model (scale and block limits need its shape)."""
+    check_int_list("fastvar", knobs, "prune_scales", 1)
+    if "prune_scales" in knobs and not knobs["prune_scales"]:
+        raise knob_error("fastvar", "prune_scales", knobs["prune_scales"], "at least one scale")
+    if "prune_ratios" in knobs:
+        value = knobs["prune_ratios"]
+        ok = _ratio_ok(value) or (isinstance(value, (list, tuple)) and all(_ratio_ok(v) for v in value))
+        if ok and isinstance(value, (list, tuple)) and "prune_scales" in knobs:
+            ok = len(value) == len(knobs["prune_scales"])
+        if not ok:
+            raise knob_error("fastvar", "prune_ratios", value, "one ratio in [0, 1] or one per pruned scale")
+    check_int("fastvar", knobs, "cache_scale", 0)
+    check_int_list("fastvar", knobs, "block_range", 0, length=2)
+    if "block_range" in knobs and knobs["block_range"][0] > knobs["block_range"][1]:
+        raise knob_error("fastvar", "block_range", knobs["block_range"], "an inclusive (first, last) block pair")
+    check_choice("fastvar", knobs, "restore_upsample", UPSAMPLE_MODES)
+
+
 def _ratios(value: float | Sequence[float], scales: Sequence[int]) -> list[float]:
     ratios = [float(value)] * len(scales) if isinstance(value, (int, float)) else [float(v) for v in value]
-    if len(ratios) != len(scales) or any(not 0.0 <= r <= 1.0 for r in ratios):
+    if len(ratios) != len(scales):
         raise ValueError(f"method_options.fastvar.prune_ratios={value!r}: one ratio in [0, 1] or one per pruned "
                          f"scale {list(scales)}")
     return ratios
@@ -204,51 +236,43 @@ def solve_prune_ratio(var: VAR, scales: Sequence[int], cache_scale: int, block_r
                       target: int) -> float:
     """The common prune ratio whose counted FLOPs come closest to `target` (ties: the cheaper, i.e. larger, p).
 
-    FLOPs fall monotonically (in steps) as p grows; bisection finds the smallest p at or below the target.
+    FLOPs fall monotonically (in steps) as p grows.
     """
 
     def flops(p: float) -> int:
         keep = {k: keep_count(var.patch_nums[k] ** 2, p) for k in scales}
         return FastVARMethod(var, keep, cache_scale, block_range).expected_flops(var).total
 
-    lo, hi = 0.0, 1.0
-    if flops(lo) <= target:
-        return lo
-    if flops(hi) >= target:
-        return hi
-    for _ in range(60):  # invariant: flops(lo) > target >= flops(hi)
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if flops(mid) > target else (lo, mid)
-    return hi if target - flops(hi) <= flops(lo) - target else lo
+    return match_budget(flops, target, 0.0, 1.0, increasing=False)
 
 
 def build_fastvar(var: VAR, options: MethodOptions) -> FastVARMethod:
     """Registry factory: the budget rule of the module docstring, explicit knobs first."""
     knobs, budget = options.knobs, options.budget
     K = len(var.patch_nums)
-    scales = [int(k) for k in knobs.get("prune_scales", range(max(budget.bridge_scales, 1), K))]
-    if not scales and "prune_scales" in knobs:
-        raise ValueError("method_options.fastvar.prune_scales is empty")
-    cache_scale = int(knobs.get("cache_scale", min(scales, default=K) - 1))
+    scales = list(knobs.get("prune_scales", range(max(budget.bridge_scales, 1), K)))
+    cache_scale = knobs.get("cache_scale", min(scales, default=K) - 1)
     block_range = tuple(int(b) for b in knobs.get("block_range", default_block_range(var.depth)))
     upsample = knobs.get("restore_upsample", "area")
-    target = budget.variant_flops(var).total
     if "prune_ratios" in knobs:
         ratios = _ratios(knobs["prune_ratios"], scales)
-        note = "explicit prune ratios"
+        note = "explicit prune ratios: not budget-matched"
     elif budget.is_full or not scales:
         ratios, note = [0.0] * len(scales), "full depth (d = D or no flexible zone): no pruning"
     else:
-        p = solve_prune_ratio(var, scales, cache_scale, block_range, target)
+        p = solve_prune_ratio(var, scales, cache_scale, block_range, budget.variant_flops(var).total)
         ratios, note = [p] * len(scales), f"prune ratio {p:.4f} matched to the FLOPs of VARiant d={budget.depth}"
     keep = {k: keep_count(var.patch_nums[k] ** 2, r) for k, r in zip(scales, ratios, strict=True)}
     method = FastVARMethod(var, keep, cache_scale, block_range, upsample)
-    method.budget_note = note
-    method.flop_ratio = method.expected_flops(var).total / target
+    flops = method.expected_flops(var)
+    if keep and not any(keep.values()) and flops.total > budget.variant_flops(var).total:
+        note = (f"out of reach: with every token of blocks {list(block_range)} pruned (prune ratio 1), the other "
+                f"blocks alone exceed the FLOPs of VARiant d={budget.depth}; only a wider block_range goes lower")
+    method.budget_match = budget.match(var, flops, note)
     return method
 
 
-register_method(
-    "fastvar", build_fastvar, knobs=KNOBS,
+METHOD = MethodSpec(
+    "fastvar", build_fastvar, knobs=KNOBS, check_values=check_knobs,
     help="FastVAR: prune tokens inside the middle blocks at the flexible-zone scales, pruned tokens take block "
          "changes cached at the last bridge scale; the prune ratio matches the budget's FLOPs")

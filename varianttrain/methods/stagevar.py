@@ -34,20 +34,30 @@ Every guess made here where the paper is silent or the sampler forces a choice:
    depend only on seeds; the projection is recomputed per image (it depends on the image's features).
 
 Budget (`build_stagevar`): for every start s in 1..K (K: no refinement, the full model) the rank fraction q whose
-counted FLOPs (one image; the refinement scales count one row) come closest to `budget.variant_flops` is found by
-bisection. The start nearest to the stage boundary (ties: the later) whose FLOPs are within 1 % of the target wins,
-else the closest overall; d = D gives s = K. VAR-d30, N = 6: d16 and d8, d4 keep the stage start 7, d2 needs 6.
+counted FLOPs (one image; the refinement scales count one row) come closest to `budget.variant_flops` is solved
+(`match_budget`). The start nearest to the stage boundary (ties: the later) whose FLOPs are within 1 % of the target
+wins, else the closest overall; d = D gives s = K. VAR-d30, N = 6: d16 and d8, d4 keep the stage start 7, d2
+needs 6.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from varianttrain.methods.depthvar import capacity_plan, counted_flops
-from varianttrain.methods.depthvar_schedule import upsample_tokens
-from varianttrain.methods.registry import MethodOptions, register_method
+from varianttrain.methods.common import capacity_plan, counted_flops, match_budget, upsample_tokens
+from varianttrain.methods.spec import (
+    MethodOptions,
+    MethodSpec,
+    check_choice,
+    check_int,
+    check_int_list,
+    is_int,
+    is_number,
+    knob_error,
+)
 from varianttrain.models.depth_plan import FULL_SCALE, DepthPlan, ScalePlan
 from varianttrain.models.flops import FlopCounter
 from varianttrain.models.var import VAR
@@ -55,6 +65,7 @@ from varianttrain.sampling.sampler import SamplingContext, SamplingMethod
 
 KNOBS = ("refine_from", "rank_fraction", "ranks", "branch", "seed", "restore_upsample")
 UPSAMPLE_MODES = ("bilinear", "nearest", "area")
+BRANCHES = ("cond", "uncond")
 FLOP_TOLERANCE = 0.01  # relative FLOP gap accepted when preferring a later refinement start
 
 
@@ -101,8 +112,8 @@ class StageVARMethod(SamplingMethod):
             if not 1 <= r <= n:
                 raise ValueError(f"stagevar: rank {r} at scale {k} outside 1..{n}")
             self.ranks[k] = int(r)
-        if branch not in ("cond", "uncond"):
-            raise ValueError(f"stagevar: branch={branch!r}; expected 'cond' or 'uncond'")
+        if branch not in BRANCHES:
+            raise ValueError(f"stagevar: branch={branch!r}; expected one of {BRANCHES}")
         self.seed = seed
         self.restore_upsample = restore_upsample
         self.branch = branch
@@ -165,16 +176,19 @@ class StageVARMethod(SamplingMethod):
 
     # ------------------------------------------------------------------ cost
     def token_counts(self) -> list[list[int] | None]:
-        return [None if self.ranks.get(k, pn * pn) == pn * pn else [self.ranks[k]] * self.depth
-                for k, pn in enumerate(self.patch_nums)]
+        return _token_counts(self.patch_nums, self.depth, self.ranks)
 
     def rows(self) -> list[int]:
         """Rows one image occupies per scale: 2 (CFG pair) before the refinement stage, 1 inside it."""
-        return [2 if k < self.refine_from else 1 for k in range(len(self.patch_nums))]
+        return _rows(len(self.patch_nums), self.refine_from)
 
     def expected_flops(self, var: VAR) -> FlopCounter:
         """Closed-form FLOPs of one image (equals the sampler's count)."""
-        return counted_flops(var, self.token_counts(), self.rows())
+        flops = counted_flops(var, self.token_counts(), self.rows())
+        if self.branch == "uncond" and self.refine_from < len(self.patch_nums):
+            # the sampler recomputes the AdaLN modulations of the kept null-class row for every block (all run)
+            flops.add_modulation(1, var.C, self.depth)
+        return flops
 
     def describe(self) -> str:
         if self.refine_from >= len(self.patch_nums):
@@ -189,22 +203,25 @@ class StageVARMethod(SamplingMethod):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _token_counts(patch_nums: Sequence[int], depth: int, ranks: dict[int, int]) -> list[list[int] | None]:
+    """Per scale the tokens each block runs: r_k at a refinement scale with r_k < N_k, else every token."""
+    return [None if ranks.get(k, pn * pn) == pn * pn else [ranks[k]] * depth for k, pn in enumerate(patch_nums)]
+
+
+def _rows(num_scales: int, refine_from: int) -> list[int]:
+    return [2 if k < refine_from else 1 for k in range(num_scales)]
+
+
 def _flops(var: VAR, refine_from: int, fraction: float) -> int:
-    ranks = [rank_for(pn * pn, fraction) for pn in var.patch_nums[refine_from:]]
-    return StageVARMethod(var, refine_from, ranks).expected_flops(var).total
+    """Counted FLOPs of the conditional-branch plan (no sketches drawn: the solver calls this a few hundred times)."""
+    ranks = {k: rank_for(pn * pn, fraction) for k, pn in enumerate(var.patch_nums) if k >= refine_from}
+    counts = _token_counts(var.patch_nums, var.depth, ranks)
+    return counted_flops(var, counts, _rows(len(var.patch_nums), refine_from)).total
 
 
 def solve_rank_fraction(var: VAR, refine_from: int, target: int) -> float:
     """Rank fraction q in (0, 1] whose counted FLOPs come closest to `target` (ties: the cheaper, smaller q)."""
-    lo, hi = 1e-9, 1.0
-    if _flops(var, refine_from, lo) >= target:
-        return lo
-    if _flops(var, refine_from, hi) <= target:
-        return hi
-    for _ in range(60):  # invariant: flops(lo) < target <= flops(hi)
-        mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if _flops(var, refine_from, mid) >= target else (mid, hi)
-    return lo if target - _flops(var, refine_from, lo) <= _flops(var, refine_from, hi) - target else hi
+    return match_budget(lambda q: _flops(var, refine_from, q), target, 1e-9, 1.0)
 
 
 def stage_start(patch_nums: Sequence[int]) -> int:
@@ -229,37 +246,41 @@ def plan_for_budget(var: VAR, target: int) -> tuple[int, float]:
     return start, q
 
 
+def check_knobs(knobs: Mapping[str, Any]) -> None:
+    """Every knob value that can be judged without the model (scale limits and rank counts need its shape)."""
+    check_int("stagevar", knobs, "refine_from", 1)
+    q = knobs.get("rank_fraction", 1.0)
+    if not (is_number(q) and 0.0 < q <= 1.0):
+        raise knob_error("stagevar", "rank_fraction", q, "0 < q <= 1")
+    check_int_list("stagevar", knobs, "ranks", 1)
+    check_choice("stagevar", knobs, "branch", BRANCHES)
+    if "seed" in knobs and not is_int(knobs["seed"]):
+        raise knob_error("stagevar", "seed", knobs["seed"], "an integer")
+    check_choice("stagevar", knobs, "restore_upsample", UPSAMPLE_MODES)
+
+
 def build_stagevar(var: VAR, options: MethodOptions) -> StageVARMethod:
     """Registry factory: the budget rule of the module docstring; explicit knobs win."""
     knobs, budget = options.knobs, options.budget
-    branch = knobs.get("branch", "cond")
-    if branch not in ("cond", "uncond"):
-        raise ValueError(f"method_options.stagevar.branch={branch!r}: expected 'cond' or 'uncond'")
     K = len(var.patch_nums)
-    target = budget.variant_flops(var).total
     if "refine_from" in knobs or "ranks" in knobs or "rank_fraction" in knobs:
-        refine_from = int(knobs.get("refine_from", max(budget.bridge_scales, 1)))
-        note = "explicit refinement settings"
-        q = float(knobs.get("rank_fraction", 1.0))
+        refine_from = knobs.get("refine_from", max(budget.bridge_scales, 1))
+        note = "explicit refinement settings: not budget-matched"
+        q = knobs.get("rank_fraction", 1.0)
     elif budget.is_full:
         refine_from, q, note = K, 1.0, "full depth (d = D): no refinement stage"
     else:
-        refine_from, q = plan_for_budget(var, target)
+        refine_from, q = plan_for_budget(var, budget.variant_flops(var).total)
         note = f"refinement from scale {refine_from}, rank fraction {q:.4f}, matched to VARiant d={budget.depth}"
-    if "ranks" in knobs:
-        ranks = [int(r) for r in knobs["ranks"]]
-    else:
-        if not 0.0 < q <= 1.0:
-            raise ValueError(f"method_options.stagevar.rank_fraction={q}; expected 0 < q <= 1")
-        ranks = [rank_for(pn * pn, q) for pn in var.patch_nums[refine_from:]]
-    method = StageVARMethod(var, refine_from, ranks, seed=int(knobs.get("seed", 0)),
-                            restore_upsample=knobs.get("restore_upsample", "bilinear"), branch=branch)
-    method.budget_note = note
-    method.flop_ratio = method.expected_flops(var).total / target
+    ranks = list(knobs["ranks"]) if "ranks" in knobs else [rank_for(pn * pn, q) for pn in var.patch_nums[refine_from:]]
+    method = StageVARMethod(var, refine_from, ranks, seed=knobs.get("seed", 0),
+                            restore_upsample=knobs.get("restore_upsample", "bilinear"),
+                            branch=knobs.get("branch", "cond"))
+    method.budget_match = budget.match(var, method.expected_flops(var), note)
     return method
 
 
-register_method(
-    "stagevar", build_stagevar, knobs=KNOBS,
+METHOD = MethodSpec(
+    "stagevar", build_stagevar, knobs=KNOBS, check_values=check_knobs,
     help="StageVAR: the refinement scales drop the guidance branch and run on random-projection-selected "
          "representative tokens, the rest restored from the previous scale's output; matched to the budget's FLOPs")

@@ -43,34 +43,81 @@ class FlopCounter:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+@dataclass(frozen=True)
+class BudgetMatch:
+    """How a built sampling method meets the run's compute budget (closed form, one image, CFG included).
+
+    Attributes:
+        target_flops: the budget, the FLOPs of the VARiant subnet it names.
+        flops: what the method runs as built (equal to the sampler's count for the built-in methods).
+        note: how the budget was met (the knob that was solved and its value), or why it was not.
+    """
+
+    target_flops: int
+    flops: FlopCounter
+    note: str
+
+    @property
+    def flop_ratio(self) -> float:
+        """The method's FLOPs over the budget's: 1.0 is an exact match, > 1 over budget."""
+        return self.flops.total / self.target_flops
+
+
+def token_sampling_flops(width: int, vocab: int, z_channels: int, patch_nums: Sequence[int],
+                         tokens_per_block: Sequence[Sequence[int]], rows: int | Sequence[int] = 2,
+                         modulation_per_scale: bool = False) -> FlopCounter:
+    """Closed-form FLOPs of KV-cached sampling of one image, from what runs at each scale: the one cost formula.
+
+    Args:
+        tokens_per_block: `tokens_per_block[k][b]` = tokens of scale k that run block b (N_k for every block of the
+            full model, 0 where the block is skipped).
+        rows: rows one image occupies, 2 with CFG and 1 without; one per scale when a CFG branch is dropped part way.
+        modulation_per_scale: the official sampler recomputes the AdaLN projection at every scale; ours computes
+            it once per call. True reproduces the official per-scale table of VAR_NOTES §7.
+
+    Mirrors `varianttrain.sampling.sampler.generate`: a block's keys are its cache length after appending the
+    current tokens; the head runs on every token; the next scale's embedding is counted with the current scale's
+    rows; each block's AdaLN modulation is computed once, with the first scale's rows, if the block runs anywhere.
+    """
+    rows_per_scale = [rows] * len(patch_nums) if isinstance(rows, int) else list(rows)
+    depth = len(tokens_per_block[0])
+    if len(tokens_per_block) != len(patch_nums) or len(rows_per_scale) != len(patch_nums) or any(
+            len(per_block) != depth for per_block in tokens_per_block):
+        raise ValueError(f"need one row count and one token count per block ({depth}) for each of the "
+                         f"{len(patch_nums)} scales; got {len(rows_per_scale)} row counts and token rows of lengths "
+                         f"{[len(per_block) for per_block in tokens_per_block]}")
+    counter = FlopCounter()
+    cached = [0] * depth  # keys held by each block's cache so far
+    for k, (pn, per_block, r) in enumerate(zip(patch_nums, tokens_per_block, rows_per_scale, strict=True)):
+        for b, n in enumerate(per_block):
+            if n:
+                cached[b] += n
+                counter.add_block(r, n, cached[b], width)
+        if modulation_per_scale:
+            counter.add_modulation(r, width, sum(1 for n in per_block if n))
+        counter.add_head(r, pn * pn, width, vocab)
+        if k + 1 < len(patch_nums):
+            counter.add_embed(r, patch_nums[k + 1] ** 2, z_channels, width)
+    if not modulation_per_scale:
+        ran = sum(1 for b in range(depth) if any(per_block[b] for per_block in tokens_per_block))
+        counter.add_modulation(rows_per_scale[0], width, ran)
+    return counter
+
+
 def sampling_flops(width: int, vocab: int, z_channels: int, patch_nums: Sequence[int],
                    blocks_per_scale: Sequence[Sequence[int]], cfg: bool = True,
                    modulation_per_scale: bool = False) -> FlopCounter:
-    """Closed-form FLOPs of KV-cached sampling of one image under a scale-wise plan.
+    """`token_sampling_flops` of a scale-wise plan: `blocks_per_scale[k]` run for all tokens of scale k.
 
-    Args:
-        blocks_per_scale: for each scale, the blocks that run for all its tokens.
-        cfg: count the doubled (conditional + unconditional) batch.
-        modulation_per_scale: the official sampler recomputes the AdaLN projection at every scale; ours computes
-            it once per call. True reproduces the official per-scale table of VAR_NOTES §7.
+    `cfg` counts the doubled (conditional + unconditional) batch.
     """
-    rows = 2 if cfg else 1
-    counter = FlopCounter()
     depth = 1 + max(max(blocks, default=-1) for blocks in blocks_per_scale)
-    cached = [0] * depth  # keys held by each block's cache so far
-    for k, (pn, blocks) in enumerate(zip(patch_nums, blocks_per_scale, strict=True)):
-        n = pn * pn
-        for b in blocks:
-            cached[b] += n
-            counter.add_block(rows, n, cached[b], width)
-        if modulation_per_scale:
-            counter.add_modulation(rows, width, len(blocks))
-        counter.add_head(rows, n, width, vocab)
-        if k + 1 < len(patch_nums):
-            counter.add_embed(rows, patch_nums[k + 1] ** 2, z_channels, width)
-    if not modulation_per_scale:
-        counter.add_modulation(rows, width, len(set().union(*map(set, blocks_per_scale))))
-    return counter
+    table = []
+    for pn, blocks in zip(patch_nums, blocks_per_scale, strict=True):
+        running = set(blocks)
+        table.append([pn * pn if b in running else 0 for b in range(depth)])
+    return token_sampling_flops(width, vocab, z_channels, patch_nums, table, rows=2 if cfg else 1,
+                                modulation_per_scale=modulation_per_scale)
 
 
 def teacher_forcing_flops(width: int, vocab: int, z_channels: int, patch_nums: Sequence[int],

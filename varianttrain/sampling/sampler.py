@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from varianttrain.models.depth_plan import FULL_SCALE, DepthPlan, ScalePlan
+from varianttrain.models.flops import BudgetMatch
 from varianttrain.models.var import VAR, ScaleStepStats
 from varianttrain.sampling.config import SamplingConfig
 from varianttrain.sampling.filtering import top_k_top_p_filter_
@@ -34,6 +35,7 @@ class SamplingMethod:
     """Strategy interface: the default implementation is the unmodified model (every block, every token)."""
 
     name = "full"
+    budget_match: BudgetMatch | None = None  # how the method meets the run's compute budget; set by its factory
 
     def begin(self, ctx: SamplingContext) -> None:
         """Called once per sampling call, before scale 0 (reset per-call state here)."""
