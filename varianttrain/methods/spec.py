@@ -23,10 +23,12 @@ class MethodOptions:
     Attributes:
         budget: the compute budget (`varianttrain.methods.budget`).
         knobs: ``method_options.<name>`` from the eval config (method-specific overrides; may be empty).
+        refiner: the second model of two-model methods (CoDe), from ``model.refiner``; None when not given.
     """
 
     budget: DepthBudget
     knobs: Mapping[str, Any] = field(default_factory=dict)
+    refiner: VAR | None = None  # a second, smaller VAR on the same VQVAE (model.refiner; CoDe)
 
 
 MethodFactory = Callable[[VAR, MethodOptions], SamplingMethod]
@@ -48,6 +50,7 @@ class MethodSpec:
     help: str
     knobs: tuple[str, ...] = ()
     check_values: KnobCheck | None = None
+    needs: tuple[str, ...] = ()  # model inputs besides the base model, e.g. ("refiner",): checked before loading
 
     def check_knobs(self, knobs: Mapping[str, Any]) -> None:
         """Refuse unknown knobs and wrong values, without building anything."""

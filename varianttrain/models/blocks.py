@@ -50,7 +50,8 @@ class SelfAttention(nn.Module):
         """Attend over `x_BlC` (plus the cached keys of earlier scales when `cache` is given).
 
         Args:
-            attn_mask: bool, broadcastable to (B, H, l, l); True = may attend. Only used without a cache.
+            attn_mask: bool, broadcastable to (B, H, l, T); True = may attend. T = l without a cache, else the cache
+                length after appending (a prefill of an empty cache passes its block-causal (l, l) mask).
             cache: KV cache of this block; the new keys/values are appended before attending.
             valid_Bl: bool (B, l) marking real (not padding) tokens; padded keys are never attended.
         """
@@ -65,7 +66,12 @@ class SelfAttention(nn.Module):
         if cache is not None:
             cache.append(k_BHld, v_BHld, valid_Bl)
             k_BHld, v_BHld, valid_BT = cache.keys_values()
-            attn_mask = None if valid_BT is None else valid_BT[:, None, None, :]
+            # Decoding attends to every cached key; a prefill of several scales brings its block-causal mask.
+            valid_mask = None if valid_BT is None else valid_BT[:, None, None, :]
+            if attn_mask is None:
+                attn_mask = valid_mask
+            elif valid_mask is not None:
+                attn_mask = attn_mask & valid_mask
         elif valid_Bl is not None:
             pad_mask = valid_Bl[:, None, None, :]
             attn_mask = pad_mask if attn_mask is None else attn_mask & pad_mask

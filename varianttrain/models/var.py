@@ -310,6 +310,26 @@ class VAR(nn.Module):
         return x_BlC
 
 
+    def prefill(self, x_BPC: torch.Tensor, modulations: BlockModulations | Sequence[torch.Tensor],
+                caches: Sequence[KVCache], stats: ScaleStepStats | None = None) -> torch.Tensor:
+        """Run every block over the inputs of the first scales at once, block-causally, filling empty KV caches.
+
+        Equivalent to running `forward_scale` scale by scale on the same inputs (a model taking over tokens that
+        another model drafted, CoDe); returns the hidden states, which the caller usually discards.
+        """
+        rows, P, _ = x_BPC.shape
+        if any(cache.length for cache in caches):
+            raise ValueError("prefill needs empty KV caches")
+        mask_PP = self.allowed_LL[:P, :P]
+        for b, block in enumerate(self.blocks):
+            x_BPC = block(x_BPC, mod_B16C=modulations[b][:rows], attn_mask=mask_PP, cache=caches[b])
+            if stats is not None:
+                stats.block_calls += 1
+                stats.token_blocks += rows * P
+                stats.flops.add_block(rows=rows, queries=P, keys=P, width=self.C)  # the masked square runs
+        return x_BPC
+
+
 class BlockModulations:
     """Lazily computed per-block AdaLN modulations (blocks a plan never runs cost nothing)."""
 

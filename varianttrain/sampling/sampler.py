@@ -61,6 +61,14 @@ class SamplingMethod:
         """Optional (B, n) weights applied to the sampled code vectors before Phi (DepthVAR's blending)."""
         return None
 
+    def model_at(self, scale: int) -> VAR | None:
+        """The transformer that runs `scale` (None: the one the call was given). Must not depend on the images.
+
+        A different model (same VQVAE, same pyramid) takes over from that scale on: the sampler fills its KV caches
+        with the tokens drafted so far in one pass and continues with it (CoDe's drafter -> refiner hand-over).
+        """
+        return None
+
 
 class StaticPlanMethod(SamplingMethod):
     """A fixed `DepthPlan`: the full model, a VARiant subnet, early exit."""
@@ -89,7 +97,8 @@ class SampleOutput:
     idx_Bl: list[torch.Tensor]  # sampled token indices per scale
     f_hat_BCvhw: torch.Tensor  # final VQ feature map (decoder input)
     stats: list[ScaleStepStats] = field(default_factory=list)  # per scale: what the transformer executed
-    kv_cache_bytes: int = 0  # bytes allocated for KV caches (all blocks)
+    kv_cache_bytes: int = 0  # bytes allocated for KV caches (all blocks; the largest model's when models switch)
+    kv_cache_bytes_by_model: list[int] = field(default_factory=list)  # per model used, in order
     raw_logits: list[torch.Tensor] = field(default_factory=list)  # per scale (rows, n, V), when recorded
     guided_logits: list[torch.Tensor] = field(default_factory=list)  # per scale (B, n, V), when recorded
 
@@ -102,6 +111,52 @@ def _autocast(device: torch.device, dtype_name: str):
     if device.type != "cuda" or dtype_name == "float32":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=getattr(torch, dtype_name))
+
+
+class _ModelRun:
+    """The per-model state of one sampling call: conditions, lazily computed modulations and KV caches.
+
+    A call usually keeps one model; a method may hand the later scales to another model on the same VQVAE (CoDe's
+    refiner, `SamplingMethod.model_at`), which then needs its own conditions and caches.
+    """
+
+    def __init__(self, var: VAR, label_B: torch.Tensor, capacity: DepthPlan | None):
+        B = label_B.shape[0]
+        self.var = var
+        labels_2B = torch.cat((label_B, torch.full_like(label_B, var.num_classes)))
+        self.cond_2BD = var.class_emb(labels_2B)
+        self.head_cond_BD = self.cond_2BD
+        self.modulations = var.block_modulations(self.cond_2BD)
+        self.modulation_sets = [(2 * B, self.modulations)]  # (rows, lazily computed modulations), for FLOPs
+        self.caches = var.new_kv_caches(capacity)
+
+    def keep_branch(self, begin: int, B: int) -> None:
+        """Keep rows [begin, begin + B) of the caches and conditions (a method dropped one CFG branch)."""
+        for cache in self.caches:
+            cache.keep_rows(begin, begin + B)
+        self.head_cond_BD = self.cond_2BD[begin:begin + B]
+        if begin:  # the cached modulations hold the conditional rows first: recompute for the others
+            self.modulations = self.var.block_modulations(self.head_cond_BD)
+            self.modulation_sets.append((B, self.modulations))
+
+    def input_tokens(self, scale: int, inputs_BlCv: list[torch.Tensor | None], rows: int) -> torch.Tensor:
+        """Input tokens of `scale` for this model: start tokens, or the embedded VQ input of that scale."""
+        if scale == 0:
+            return self.var.start_tokens(self.cond_2BD[:rows])
+        x_BlC = self.var.scale_input(scale, inputs_BlCv[scale])
+        return x_BlC.repeat(rows // x_BlC.shape[0], 1, 1)
+
+    def prefill(self, scale: int, inputs_BlCv: list[torch.Tensor | None], rows: int, step: ScaleStepStats) -> None:
+        """Fill this model's caches with the tokens of scales 0..scale-1 (drafted by another model), in one pass."""
+        var = self.var
+        parts = [self.input_tokens(k, inputs_BlCv, rows) for k in range(scale)]
+        for k in range(1, scale):
+            step.flops.add_embed(rows, var.patch_nums[k] ** 2, var.Cvae, var.C)
+        var.prefill(torch.cat(parts, dim=1), self.modulations, self.caches, stats=step)
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return sum(c.nbytes for c in self.caches)
 
 
 @torch.no_grad()
@@ -128,16 +183,26 @@ def generate(var: VAR, vqvae: torch.nn.Module, label_B: torch.Tensor, sampling: 
     stats: list[ScaleStepStats] = []
     raw_logits, guided_logits = [], []
     with _autocast(device, sampling.autocast_dtype):
-        labels_2B = torch.cat((label_B, torch.full_like(label_B, var.num_classes)))
-        cond_2BD = var.class_emb(labels_2B)
-        modulations = var.block_modulations(cond_2BD)
-        modulation_sets = [(2 * B, modulations)]  # (rows, lazily computed modulations), for FLOP counting
-        caches = var.new_kv_caches(method.kv_capacity_plan())
-        x_BlC = var.start_tokens(cond_2BD)
+        run = _ModelRun(var, label_B, method.kv_capacity_plan())
+        runs = [run]
+        # The VQ-space input of every scale (B, n_k, Cv), kept so that a model taking over can embed them itself.
+        inputs_BlCv: list[torch.Tensor | None] = [None] * K
+        x_BlC = run.input_tokens(0, inputs_BlCv, 2 * B)
         f_hat = torch.zeros(B, Cv, latent, latent, device=device, dtype=torch.float32)
         rows = 2 * B
-        head_cond_BD = cond_2BD
         for k, pn in enumerate(var.patch_nums):
+            step = ScaleStepStats()
+            model = method.model_at(k)
+            if model is not None and model is not run.var:
+                if rows != 2 * B:
+                    raise ValueError(f"scale {k}: a model switch after a CFG branch was dropped is not supported")
+                run = _ModelRun(model, label_B, None)
+                runs.append(run)
+                if k:
+                    run.prefill(k, inputs_BlCv, rows, step)
+                    step.flops.add_embed(rows, pn * pn, Cv, model.C)
+                x_BlC = run.input_tokens(k, inputs_BlCv, rows)
+            model = run.var
             scale_plan = method.scale_plan(k)
             if not scale_plan.guidance and rows == 2 * B:
                 # From here on a single branch runs (StageVAR): keep its rows of the hidden states, the caches and
@@ -145,19 +210,14 @@ def generate(var: VAR, vqvae: torch.nn.Module, label_B: torch.Tensor, sampling: 
                 begin = 0 if scale_plan.kept_branch == "cond" else B
                 rows = B
                 x_BlC = x_BlC[begin:begin + B]
-                for cache in caches:
-                    cache.keep_rows(begin, begin + B)
-                head_cond_BD = cond_2BD[begin:begin + B]
-                if begin:  # the cached modulations hold the conditional rows first: recompute for the others
-                    modulations = var.block_modulations(head_cond_BD)
-                    modulation_sets.append((B, modulations))
+                run.keep_branch(begin, B)
             elif scale_plan.guidance and rows == B:
                 raise ValueError(f"scale {k}: guidance cannot be re-enabled once a CFG branch is dropped")
-            step = ScaleStepStats()
-            x_BlC = var.forward_scale(x_BlC, modulations, scale_plan, caches, hook=method.block_hook, stats=step)
+            x_BlC = model.forward_scale(x_BlC, run.modulations, scale_plan, run.caches, hook=method.block_hook,
+                                        stats=step)
             x_BlC = method.before_head(k, x_BlC)
-            logits_BlV = var.logits(x_BlC, head_cond_BD)
-            step.flops.add_head(rows, pn * pn, var.C, var.V)
+            logits_BlV = model.logits(x_BlC, run.head_cond_BD)
+            step.flops.add_head(rows, pn * pn, model.C, model.V)
             if rows == 2 * B:
                 t = sampling.cfg * k / max(K - 1, 1)
                 guided_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
@@ -189,13 +249,16 @@ def generate(var: VAR, vqvae: torch.nn.Module, label_B: torch.Tensor, sampling: 
             f_hat, next_BCvhw = quantize.get_next_autoregressive_input(k, K, f_hat, h_BCvhw)
             stats.append(step)
             if k + 1 < K:
-                next_pn = var.patch_nums[k + 1]
-                x_next = var.scale_input(k + 1, next_BCvhw.reshape(B, Cv, -1).transpose(1, 2))
-                step.flops.add_embed(rows, next_pn * next_pn, Cv, var.C)
-                x_BlC = x_next.repeat(rows // B, 1, 1)
-        for mod_rows, mods in modulation_sets:
-            stats[0].flops.add_modulation(mod_rows, var.C, mods.computed)
+                inputs_BlCv[k + 1] = next_BCvhw.reshape(B, Cv, -1).transpose(1, 2)
+                following = method.model_at(k + 1)
+                if following is None or following is model:  # else the next model embeds it itself
+                    x_BlC = run.input_tokens(k + 1, inputs_BlCv, rows)
+                    step.flops.add_embed(rows, var.patch_nums[k + 1] ** 2, Cv, model.C)
+        for used in runs:
+            for mod_rows, mods in used.modulation_sets:
+                stats[0].flops.add_modulation(mod_rows, used.var.C, mods.computed)
         images = vqvae.fhat_to_img(f_hat).add(1).mul(0.5) if decode else None
+    kv_by_model = [used.kv_cache_bytes for used in runs]
     return SampleOutput(images_B3HW=images, idx_Bl=out_idx, f_hat_BCvhw=f_hat, stats=stats,
-                        kv_cache_bytes=sum(c.nbytes for c in caches), raw_logits=raw_logits,
-                        guided_logits=guided_logits)
+                        kv_cache_bytes=max(kv_by_model), kv_cache_bytes_by_model=kv_by_model,
+                        raw_logits=raw_logits, guided_logits=guided_logits)
