@@ -1,11 +1,10 @@
-"""Reading model weights from every file users bring, with errors that say what the file is.
+"""VAR weights from every file users bring, and the VAR a file describes.
 
-Accepted for a VAR:
+Accepted:
 * a released file (`var_d16.pth` ... `var_d30.pth`): a bare state dict;
 * the official trainer's checkpoint (`ar-ckpt-*.pth`): weights under `trainer` -> `var_wo_ddp`;
 * this project's Lightning checkpoints (`*.ckpt`): weights under `state_dict` with prefix `var.` (EMA under `ema.`);
-* this project's exports: a bare `.pth` in the official layout or a `.safetensors` file.
-Accepted for the VQVAE: the released `vae_ch160v4096z32.pth` (bare) or the official trainer's `vae_local`.
+* this project's exports: a bare `.pth` in the official layout or a `.safetensors` file (`export_format`).
 
 A file that does not fit the model is never loaded partially: the error names what the file contains, what the
 config asks for, and the missing / unexpected keys.
@@ -13,8 +12,10 @@ config asks for, and the missing / unexpected keys.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,21 @@ from typing import Any
 import torch
 from torch import nn
 
-DOCS_HINT = "see checkpoints/README.md for the expected files and where to get them"
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_forward_module.")
+from varianttrain.checkpoints.export_format import is_export, load_export
+from varianttrain.checkpoints.files import (
+    DOCS_HINT,
+    CheckpointError,
+    describe_unknown,
+    looks_like_var,
+    looks_like_vqvae,
+    mismatch_report,
+    read_file,
+    strip_wrappers,
+    sub_state,
+)
+from varianttrain.models.var import VAR, VARConfig
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or does not fit the model it is loaded into."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,99 +59,33 @@ class VARCheckpointInfo:
                 f"{self.vocab_size}, {self.num_tokens} tokens)")
 
 
-def read_file(path: str | Path) -> Any:
-    """Load a .pth/.ckpt (weights only, on CPU) or .safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist ({DOCS_HINT})")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise CheckpointError(f"could not read {path} as a PyTorch or safetensors checkpoint: {err}") from err
-
-
-def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
-
-
-def _sub_state(state: Mapping[str, Any], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _looks_like_var(state: Mapping[str, Any]) -> bool:
-    return "pos_1LC" in state and "class_emb.weight" in state
-
-
-def _looks_like_vqvae(state: Mapping[str, Any]) -> bool:
-    return any(k.startswith("encoder.") for k in state) and "quantize.embedding.weight" in state
-
-
-def _describe_unknown(obj: Any) -> str:
-    if isinstance(obj, Mapping):
-        keys = list(obj)[:8]
-        return f"a mapping with keys {keys}{' ...' if len(obj) > 8 else ''}"
-    return f"an object of type {type(obj).__name__}"
-
-
 def extract_var_state_dict(obj: Any, source: str = "checkpoint", prefer_ema: bool = False) -> dict[str, torch.Tensor]:
     """Find the VAR weights inside any supported checkpoint layout."""
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: expected a state dict or checkpoint mapping, found {_describe_unknown(obj)}")
+        raise CheckpointError(f"{source}: expected a state dict or checkpoint mapping, found {describe_unknown(obj)}")
     if "trainer" in obj and isinstance(obj["trainer"], Mapping) and "var_wo_ddp" in obj["trainer"]:
-        return _strip_wrappers(obj["trainer"]["var_wo_ddp"])  # official trainer checkpoint
+        return strip_wrappers(obj["trainer"]["var_wo_ddp"])  # official trainer checkpoint
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning checkpoint of this project
-        state = _strip_wrappers(obj["state_dict"])
+        state = strip_wrappers(obj["state_dict"])
         if prefer_ema:
-            ema = _sub_state(state, "ema.module.")
+            ema = sub_state(state, "ema.module.")
             if not ema:
                 raise CheckpointError(f"{source}: EMA weights requested but this training checkpoint has none "
                                       "(train with ema.enabled=true, or export without --ema)")
             return ema
-        var_state = _sub_state(state, "var.")
+        var_state = sub_state(state, "var.")
         if var_state:
             return var_state
         state = obj["state_dict"]
-    state = _strip_wrappers(obj if "state_dict" not in obj else obj["state_dict"])
-    if _looks_like_var(state):
+    state = strip_wrappers(obj if "state_dict" not in obj else obj["state_dict"])
+    if looks_like_var(state):
         if prefer_ema:
             raise CheckpointError(f"{source}: EMA weights requested but this is a plain VAR state dict")
         return state
-    if _looks_like_vqvae(state):
+    if looks_like_vqvae(state):
         raise CheckpointError(f"{source} is a VQVAE checkpoint (it has encoder.* and quantize.* weights), "
                               "not a VAR; pass it as the VQVAE file instead")
-    raise CheckpointError(f"{source} is not a VAR checkpoint: found {_describe_unknown(obj)} ({DOCS_HINT})")
-
-
-def extract_vqvae_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Find the VQVAE weights inside a released file, an official trainer checkpoint or a Lightning checkpoint."""
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: expected a state dict, found {_describe_unknown(obj)}")
-    if "trainer" in obj and isinstance(obj["trainer"], Mapping) and "vae_local" in obj["trainer"]:
-        return _strip_wrappers(obj["trainer"]["vae_local"])
-    state = _strip_wrappers(obj.get("state_dict", obj)) if isinstance(obj.get("state_dict"), Mapping) else obj
-    state = _strip_wrappers(state)
-    for prefix in ("vqvae.", "vae."):
-        sub = _sub_state(state, prefix)
-        if _looks_like_vqvae(sub):
-            return sub
-    if _looks_like_vqvae(state):
-        return state
-    if _looks_like_var(state) or "trainer" in obj:
-        raise CheckpointError(f"{source} is a VAR checkpoint, not a VQVAE; pass it as the VAR file instead")
-    raise CheckpointError(f"{source} is not a VQVAE checkpoint: found {_describe_unknown(obj)} ({DOCS_HINT})")
+    raise CheckpointError(f"{source} is not a VAR checkpoint: found {describe_unknown(obj)} ({DOCS_HINT})")
 
 
 def inspect_var_state_dict(state: Mapping[str, torch.Tensor]) -> VARCheckpointInfo:
@@ -154,20 +98,6 @@ def inspect_var_state_dict(state: Mapping[str, torch.Tensor]) -> VARCheckpointIn
         num_classes=int(state["class_emb.weight"].shape[0]) - 1, vocab_size=int(state["head.weight"].shape[0]),
         z_channels=int(state["word_embed.weight"].shape[1]), num_tokens=int(state["pos_1LC"].shape[1]),
         shared_aln="shared_ada_lin.1.weight" in state)
-
-
-def _mismatch_report(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                   for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    lines = []
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
-        if items:
-            shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
-            lines.append(f"  {title}: {shown}")
-    return "\n".join(lines)
 
 
 def load_var_weights(model: nn.Module, source: str | Path | Mapping[str, Any], prefer_ema: bool = False) -> None:
@@ -191,22 +121,56 @@ def load_var_weights(model: nn.Module, source: str | Path | Mapping[str, Any], p
     if problems:
         raise CheckpointError(f"{name} is {info.describe()}; the config asks for {cfg.describe()} "
                               f"({'; '.join(problems)}). Use the matching config (model.depth={info.depth}) or "
-                              f"the matching file.\n{_mismatch_report(model, state)}")
-    report = _mismatch_report(model, state)
+                              f"the matching file.\n{mismatch_report(model, state)}")
+    report = mismatch_report(model, state)
     if report:
         raise CheckpointError(f"{name} does not match the model's keys (nothing was loaded):\n{report}")
     model.load_state_dict(state, strict=True)
 
 
-def load_vqvae_weights(model: nn.Module, source: str | Path | Mapping[str, Any]) -> None:
-    """Load VQVAE weights strictly (a foreign-length usage buffer is tolerated by the model itself)."""
-    name = str(source) if isinstance(source, (str, Path)) else "state dict"
-    obj = read_file(source) if isinstance(source, (str, Path)) else source
-    state = extract_vqvae_state_dict(obj, name)
-    expected = model.state_dict()
-    shape_ok = all(tuple(state[k].shape) == tuple(v.shape) for k, v in expected.items()
-                   if k in state and not k.endswith("ema_vocab_hit_SV"))
-    if set(state) != set(expected) or not shape_ok:
-        raise CheckpointError(f"{name} does not fit the VQVAE config (nothing was loaded):\n"
-                              f"{_mismatch_report(model, state)}")
-    model.load_state_dict(state, strict=True)
+def load_var(path: Path, patch_nums: Sequence[int], device: torch.device | str = "cpu", ema: bool = False) -> VAR:
+    """A frozen eval-mode VAR built from what its checkpoint says (depth, width, heads, classes, vocab) and
+    `patch_nums` (a state dict does not record the pyramid, only its token count, which must agree)."""
+    state = extract_var_state_dict(read_file(path), str(path), prefer_ema=ema)
+    info = inspect_var_state_dict(state)
+    tokens = sum(p * p for p in patch_nums)
+    if tokens != info.num_tokens:
+        raise CheckpointError(f"{path} has {info.num_tokens} token positions but model.patch_nums {list(patch_nums)} "
+                              f"gives {tokens}; set model.patch_nums to the pyramid the model was trained with")
+    config = VARConfig(depth=info.depth, embed_dim=info.width, num_heads=info.num_heads or info.depth,
+                       num_classes=info.num_classes, vocab_size=info.vocab_size, z_channels=info.z_channels,
+                       patch_nums=tuple(patch_nums), shared_aln=info.shared_aln, drop_path_rate=0.0,
+                       attn_l2_norm="blocks.0.attn.scale_mul_1H11" in state)
+    var = VAR(config)
+    load_var_weights(var, state)
+    return var.to(device).eval().requires_grad_(False)
+
+
+def load_exported_var(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAR, dict[str, Any]]:
+    """The frozen eval-mode VAR of a `varianttrain.export` file (architecture from its metadata) and the metadata."""
+    config, state, meta = load_export(path)
+    var = VAR(dataclasses.replace(config, drop_path_rate=0.0))
+    load_var_weights(var, state)
+    return var.to(device).eval().requires_grad_(False), dict(meta)
+
+
+def load_var_with_metadata(path: Path, patch_nums: Sequence[int], device: torch.device | str = "cpu",
+                           ema: bool = False) -> tuple[VAR, dict[str, Any]]:
+    """The VAR of `path` and, for a `varianttrain.export` file, its metadata (depth choices, bridge N, layer subsets).
+
+    An export (a `.safetensors` file with varianttrain metadata, or weights with the export's `<stem>.json` beside
+    them) is read with `load_exported_var`, whose architecture (patch_nums included) wins over `patch_nums`;
+    anything else is a plain checkpoint (`load_var`) with no metadata.
+    """
+    if is_export(path):
+        try:
+            var, meta = load_exported_var(path, device)
+        except CheckpointError as err:
+            if path.suffix != ".safetensors" or "no varianttrain metadata" not in str(err):
+                raise
+        else:
+            if tuple(var.patch_nums) != tuple(patch_nums):
+                log.warning("%s was exported with patch_nums %s; using them instead of model.patch_nums %s",
+                            path, list(var.patch_nums), list(patch_nums))
+            return var, meta
+    return load_var(path, patch_nums, device, ema=ema), {}

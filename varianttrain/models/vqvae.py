@@ -2,7 +2,8 @@
 
 Architecture and operations follow VAR_NOTES section 1; module attribute names are the released state-dict keys
 (`encoder.*`, `decoder.*`, `quantize.*`, `quant_conv`, `post_quant_conv`, in that order). Images are B x 3 x H x W in
-[-1, 1] with H = W = downsample * patch_nums[-1] (16x for the release); latents are B x Cvae x h x w with h = w = patch_nums[-1].
+[-1, 1] with H = W = downsample * patch_nums[-1] (16x for the release); latents are B x Cvae x h x w with
+h = w = patch_nums[-1].
 
 Unlike the release, construction has no side effects: no process-wide `reset_parameters` patching (VAR_NOTES quirk
 12) and no implicit freezing (`test_mode`); call `freeze()` for a frozen tokenizer.
