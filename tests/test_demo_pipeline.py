@@ -113,7 +113,8 @@ def test_recipe_config_runs_two_steps(recipe, tiny_demo, tmp_path, monkeypatch):
     overrides = [f"run.root={tmp_path}", "trainer.max_steps=2", "trainer.ckpt_every_n_steps=2",
                  "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "data.batch_size=4"]
     if recipe in ("tokenizer", "classifier"):
-        overrides += [f"data.train_path={data}/shards/train-{{000000..000007}}.tar", "data.epoch_length=80"]
+        overrides += [f"data.train_path={data}/shards/train-{{000000..000007}}.tar", "data.epoch_length=80",
+                      f"data.val_path={data}/shards/val-{{000000..000003}}.tar", "data.val_epoch_length=40"]
     else:
         overrides += [f"data.train_path={tokens}/train", f"data.val_path={tokens}/val",
                       "validation.every_n_steps=2", "validation.num_batches=1", "validation.sample_classes=[0, 1]"]
