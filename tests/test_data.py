@@ -296,6 +296,34 @@ def test_indices_round_trip(tmp_path):
     np.testing.assert_array_equal(idx_BL.numpy()[order], idx_NL[expected])
 
 
+def test_map_loader_order_ranks_and_mid_epoch_resume(tmp_path):
+    """The map-style loader: rank r of w reads every w-th entry of the permutation seeded by (seed, epoch), the same
+    however the run got there, and a loader restored from a checkpoint's state continues that epoch exactly."""
+    n, seed = 20, 3
+    write_index_dataset(tmp_path / "train", np.arange(n)[:, None], np.zeros(n, dtype=np.int64))
+    cfg = DataConfig(format="indices", train_path=str(tmp_path / "train"), val_path=None, batch_size=2,
+                     num_workers=0, seed=seed)
+
+    def ids(loader) -> list[int]:
+        return [int(i) for idx_BL, _ in loader for i in idx_BL[:, 0]]
+
+    def epoch_order(epoch: int) -> list[int]:
+        return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+
+    loaders = [ImageNetDataModule(cfg, rank=r, world_size=2).train_dataloader() for r in range(2)]
+    first = [ids(loader) for loader in loaders]
+    assert len(first[0]) == len(first[1]) == n // 2 and sorted(first[0] + first[1]) == list(range(n))
+    assert first == [epoch_order(0)[0::2], epoch_order(0)[1::2]]
+    assert ids(loaders[0]) == first[0]  # re-iterating the same epoch gives the same order
+    loaders[0].sampler.set_epoch(1)  # what Lightning does at every epoch start
+    assert ids(loaders[0]) == epoch_order(1)[0::2] != first[0]
+    assert loaders[0].state_dict() == {"epoch": 0, "consumed_batches": 0}  # no trainer: nothing consumed
+    resumed = ImageNetDataModule(cfg, rank=0, world_size=2).train_dataloader()
+    resumed.load_state_dict({"epoch": 1, "consumed_batches": 3})  # 3 batches of 2 of epoch 1 were trained on
+    assert ids(resumed) == epoch_order(1)[0::2][6:]
+    assert ids(resumed) == epoch_order(1)[0::2]  # the skip applies to the resumed epoch only
+
+
 @pytest.mark.parametrize("fmt", ["webdataset", "imagefolder", "indices"])
 def test_missing_paths_name_the_key(tmp_path, fmt):
     missing = tmp_path / "nowhere" / ("train-{000000..000003}.tar" if fmt == "webdataset" else "train")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import varianttrain.data.demo_dataset as demo
+import varianttrain.demo.dataset as demo
 from varianttrain.data.datamodule import ImageNetDataModule
-from varianttrain.data.demo_dataset import (
+from varianttrain.demo.dataset import (
     NUM_CLASSES,
     class_folder_names,
     demo_data_config,

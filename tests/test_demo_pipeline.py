@@ -34,7 +34,7 @@ RECIPES = ["tokenizer", "classifier", "var_pretrain", "supernet", "supernet_fixe
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory) -> dict[str, Path]:
     """A tiny demo data set and its tokens (shipped tokenizer) in a temporary folder."""
-    from varianttrain.data.demo_dataset import generate_demo_dataset
+    from varianttrain.demo.dataset import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo")
     torch.set_num_threads(2)
@@ -81,7 +81,7 @@ def test_shipped_models_load_strictly_as_float32():
 
 # ------------------------------------------------------------------------------------------------ data
 def test_demo_data_generator_is_deterministic(tmp_path):
-    from varianttrain.data.demo_dataset import generate_demo_dataset, render_image
+    from varianttrain.demo.dataset import generate_demo_dataset, render_image
 
     for c in (0, 7):
         assert np.array_equal(render_image(0, c, 3), render_image(0, c, 3))
@@ -105,20 +105,22 @@ def test_tokens_are_reused_and_match_the_tokenizer(tiny_demo):
 # ------------------------------------------------------------------------------------------------ recipes
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_config_runs_two_steps(recipe, tiny_demo, tmp_path, monkeypatch):
+    from varianttrain.tasks import TASKS
     from varianttrain.training.runner import run
 
-    monkeypatch.chdir(REPO)  # the configs name checkpoints/demo/... relative to the repository root
+    monkeypatch.chdir(REPO)  # the configs name checkpoints/demo/... relative to the repository root (as train.py)
     data, tokens = tiny_demo["data"], tiny_demo["tokens"]
     overrides = [f"run.root={tmp_path}", "trainer.max_steps=2", "trainer.ckpt_every_n_steps=2",
                  "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "data.batch_size=4"]
     if recipe in ("tokenizer", "classifier"):
-        overrides += [f"data.train_path={data}/shards/train-{{000000..000007}}.tar", "data.epoch_length=80"]
+        overrides += [f"data.train_path={data}/shards/train-{{000000..000007}}.tar", "data.epoch_length=80",
+                      f"data.val_path={data}/shards/val-{{000000..000003}}.tar", "data.val_epoch_length=40"]
     else:
         overrides += [f"data.train_path={tokens}/train", f"data.val_path={tokens}/val",
                       "validation.every_n_steps=2", "validation.num_batches=1", "validation.sample_classes=[0, 1]"]
     if recipe.startswith("supernet"):
         overrides += ["supernet.schedule.phase1=1", "supernet.schedule.phase2=1"]
-    assert run(REPO / "configs" / "demo" / f"{recipe}.yaml", overrides) == 0
+    assert run(REPO / "configs" / "demo" / f"{recipe}.yaml", overrides, tasks=TASKS) == 0
     ckpts = list(tmp_path.glob("*/000/checkpoints/*.ckpt"))
     assert ckpts, f"{recipe}: no checkpoint written"
 
@@ -131,7 +133,7 @@ def test_demo_quick_end_to_end(tiny_demo, tmp_path, monkeypatch):
     opts = DemoOptions(quick=True, out_root=str(tmp_path / "runs"), data_dir=str(tiny_demo["data"]),
                        tokens_dir=str(tiny_demo["tokens"]), per_class=TINY["per_class"],
                        per_class_val=TINY["per_class_val"])
-    monkeypatch.chdir(root)
+    monkeypatch.chdir(root)  # any working directory: the demo's default files are under the repository root
     summary = run_demo(opts, log=lambda msg: None)
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == tmp_path / "runs" / "demo" and (run_dir / "summary.md").is_file()
@@ -156,7 +158,7 @@ def test_findings_quick_produce_a_table(finding, tiny_demo, tmp_path, monkeypatc
                   tokens_dir=str(tiny_demo["tokens"]), per_class=TINY["per_class"],
                   per_class_val=TINY["per_class_val"])
     kwargs = {"supernet": str(var_file(CKPT))} if finding == "skipping" else {}  # stand-in: no training needed
-    monkeypatch.chdir(tmp_path)  # run_finding moves to the repository root; restored afterwards
+    monkeypatch.chdir(tmp_path)  # the demo names its files relative to the repository root, not the cwd
     results = run_finding(finding, setup, out_root=tmp_path, **kwargs)
     out = Path(results["out_dir"])
     assert (out / "table.md").is_file() and Path(results["plot"]).stat().st_size > 0

@@ -125,7 +125,7 @@ def _generate(models, method_dir: Path, items, batch_size=4, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_models(tiny_files):
-    from varianttrain.evaluation.runner import load_var, load_vqvae
+    from varianttrain.checkpoints import load_var, load_vqvae
 
     return load_var(tiny_files[0], PATCH_NUMS), load_vqvae(tiny_files[1], PATCH_NUMS)
 
@@ -289,7 +289,7 @@ def test_export_metadata_sets_bridge_subsets_and_vqvae(tiny_files, tmp_path):
     import dataclasses
     import shutil
 
-    from varianttrain.export import EXPORT_FORMAT
+    from varianttrain.checkpoints import EXPORT_FORMAT
     from varianttrain.models.var import VARConfig
 
     var_path, vqvae_path = tiny_files

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers_training import SMOKE_CONFIG, run_dirs, tiny_overrides
 
-from varianttrain.checkpoints import CheckpointError
-from varianttrain.export import export_checkpoint, load_export, main
+from varianttrain.checkpoints import CheckpointError, load_export
+from varianttrain.export import export_checkpoint, main
 from varianttrain.models.depth_plan import DepthPlan
 from varianttrain.models.var import VAR
 from varianttrain.training.runner import run

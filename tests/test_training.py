@@ -17,9 +17,11 @@ from helpers_training import (
 )
 
 from varianttrain.config_io import ConfigError
+from varianttrain.tasks import TASKS
 from varianttrain.training.config import TrainerConfig, derive
-from varianttrain.training.runner import TASKS, load_run_config, run
+from varianttrain.training.runner import run
 from varianttrain.training.subnet_schedule import choose_subnet
+from varianttrain.training.tasks import SUPERNET_TASKS, load_run_config
 
 
 def test_smoke_config_loads_and_derives():
@@ -137,18 +139,20 @@ def test_pretrain_task_trains_full_network_only(tmp_path):
     assert set(step_series(run_dir, "train/p").values()) == {0.0}
 
 
-def test_unavailable_task_fails_clearly(tmp_path):
+def test_task_table_decides_which_tasks_exist(tmp_path):
+    """A task is known exactly when the table passed in lists it: train.py's full table has the demo tasks, the
+    training system's own table does not (it never imports the demo)."""
     cfg = tmp_path / "tok.yaml"
     cfg.write_text("task: tokenizer\n")
-    if "tokenizer" in TASKS:
-        try:
-            import varianttrain.training.tokenizer_module  # noqa: F401
-        except ImportError:
-            with pytest.raises(ConfigError, match="tokenizer_module"):
-                load_run_config(cfg)
+    spec, typed = load_run_config(cfg, tasks=TASKS)
+    assert spec.name == "tokenizer" and typed.tokenizer.vocab_size > 1 and typed.run.name == "tokenizer"
+    assert set(TASKS) == set(SUPERNET_TASKS) | {"tokenizer", "classifier"}
+    with pytest.raises(ConfigError, match="unknown task 'tokenizer'.*'pretrain', 'supernet'"):
+        load_run_config(cfg, tasks=SUPERNET_TASKS)
     cfg.write_text("task: nonsense\n")
     with pytest.raises(ConfigError, match="unknown task"):
-        load_run_config(cfg)
+        load_run_config(cfg, tasks=TASKS)
+
 
 
 def test_training_step_loss_is_var_loss_on_the_same_logits():

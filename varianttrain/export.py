@@ -6,7 +6,8 @@
 Writes `<out>/var_d<D>[_ema].pth` (a bare state dict in the official key layout, loadable by the official
 `VAR.load_state_dict(..., strict=True)`), `<out>/var_d<D>[_ema].safetensors` (same tensors, metadata in the header)
 and `<out>/var_d<D>[_ema].json`: the VAR architecture, depth choices, bridge N, the layer subset of every subnet,
-the subset rule and the sampling protocol, so eval.py can run any subnet from the export alone (`load_export`).
+the subset rule and the sampling protocol, so eval.py can run any subnet from the export alone. The format and its
+reader (`load_export`) live in `varianttrain.checkpoints.export_format`.
 Existing files are never replaced unless --overwrite is given; on any error nothing is written.
 """
 
@@ -21,10 +22,18 @@ from typing import Any
 
 import torch
 
-from varianttrain.checkpoints import CheckpointError, extract_var_state_dict, inspect_var_state_dict, read_file
-from varianttrain.models.var import VAR, VARConfig
+from varianttrain.checkpoints import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    CheckpointError,
+    extract_var_state_dict,
+    inspect_var_state_dict,
+    read_file,
+    var_config_from_metadata,
+)
+from varianttrain.config_io import ConfigError
+from varianttrain.models.var import VAR
 
-EXPORT_FORMAT, EXPORT_VERSION = "varianttrain-export", 1
 FORMATS = ("pth", "safetensors")
 
 
@@ -38,12 +47,13 @@ def _training_config(ckpt: dict, source: str) -> dict:
 
 def build_metadata(cfg_dict: dict, state: dict[str, torch.Tensor], ema: bool, source: str,
                    global_step: int | None) -> dict[str, Any]:
-    """Everything needed to rebuild the VAR and run any subnet: architecture, subsets, bridge N, sampling protocol."""
+    """Everything needed to rebuild the VAR and run any subnet: architecture, subsets, bridge N, sampling protocol
+    (the keys are described in `varianttrain.checkpoints.export_format`)."""
     from varianttrain.models.depth_plan import layer_subset
     from varianttrain.sampling.config import SamplingConfig
-    from varianttrain.training.runner import config_from_dict
+    from varianttrain.training.config import run_config_from_dict
 
-    cfg = config_from_dict(cfg_dict)
+    cfg = run_config_from_dict(cfg_dict)
     var_cfg = cfg.model.var_config()
     info = inspect_var_state_dict(state)
     if info.depth != var_cfg.depth or info.width != var_cfg.embed_dim:
@@ -76,7 +86,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, ema: bool = Fa
     state = extract_var_state_dict(ckpt, str(ckpt_path), prefer_ema=ema)
     metadata = build_metadata(cfg_dict, state, ema, str(ckpt_path), ckpt.get("global_step"))
     # Official layout and order: the keys of a fresh VAR's state dict (parameters and persistent buffers).
-    reference = VAR(VARConfig(**{**metadata["var_config"], "patch_nums": tuple(metadata["var_config"]["patch_nums"])}))
+    reference = VAR(var_config_from_metadata(metadata))
     expected = list(reference.state_dict())
     if set(expected) != set(state):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -102,31 +112,6 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, ema: bool = Fa
     return targets
 
 
-def load_export(path: str | Path) -> tuple[VARConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """(VAR config, state dict, metadata) of an exported `.pth` or `.safetensors` (metadata from the JSON beside it,
-    or from the safetensors header)."""
-    path = Path(path)
-    state = read_file(path)
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        metadata = json.loads(sidecar.read_text())
-    elif path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        if "varianttrain" not in header:
-            raise CheckpointError(f"{path} has no varianttrain metadata and no {sidecar.name} beside it")
-        metadata = json.loads(header["varianttrain"])
-    else:
-        raise CheckpointError(f"{path}: metadata file {sidecar} not found (it is written by varianttrain.export)")
-    if metadata.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{path}: metadata format {metadata.get('format')!r} is not {EXPORT_FORMAT!r}")
-    var_kw = dict(metadata["var_config"])
-    var_kw["patch_nums"] = tuple(var_kw["patch_nums"])
-    return VARConfig(**var_kw), state, metadata
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI; exit status 0 on success, 2 on a bad input or an existing output."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -139,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = export_checkpoint(args.checkpoint, args.out, ema=args.ema, formats=tuple(args.format),
                                   overwrite=args.overwrite)
-    except (CheckpointError, FileExistsError) as err:
+    except (CheckpointError, ConfigError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for p in paths:

@@ -1,1 +1,2 @@
-"""Data layer: ImageNet/demo pipelines (webdataset shards, ImageFolder, VQ indices) and the Lightning DataModule."""
+"""Data layer: real image data (webdataset shards, ImageFolder, pre-tokenised VQ indices), the resumable map-style
+loader and the Lightning DataModule. The demo's generated data set lives in `varianttrain.demo.dataset`."""

@@ -14,8 +14,12 @@ On-disk layout of the 'indices' format (one directory per split, written by `wri
 `idx.pt` / `labels.pt` (tensors saved with torch.save) are accepted in place of the .npy files; .npy is preferred
 because it is memory-mapped (1.28 M x 680 int16 = 1.7 GB is not copied into every worker).
 
-Distributed reading: webdataset is split by rank inside the pipeline (rank from the trainer, see
-webdataset_pipeline.py); the map-style formats get Lightning's automatic DistributedSampler.
+Order and distributed reading: webdataset is split by rank inside the pipeline (rank from the trainer, see
+webdataset_pipeline.py; its order is a function of (seed, epoch), and a mid-epoch resume restarts the epoch's stream,
+which Lightning warns about). The map-style formats ('imagefolder', 'indices') use `ResumableDataLoader`
+(resumable_loader.py): every rank reads its own share of a permutation seeded by (seed, epoch), and a resumed run
+continues mid-epoch where its checkpoint left off. Both split ranks themselves, so a Lightning Trainer using this
+module needs `use_distributed_sampler=False` (the training runner sets it).
 Corrupt-sample counts (webdataset only): `skip_counts()` - this rank's totals, for `self.log(...)` in the module.
 """
 
@@ -27,9 +31,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from varianttrain.data.config import DataConfig
+from varianttrain.data.resumable_loader import EpochPermutationSampler, ResumableDataLoader
 from varianttrain.data.transforms import build_transform
 from varianttrain.data.webdataset_pipeline import (
     EpochLoader,
@@ -177,14 +182,14 @@ class ImageNetDataModule(L.LightningDataModule):
             elif cfg.format == "indices":
                 self._datasets[split] = IndexDataset(path, key=f"data.{key}")
 
-    def train_dataloader(self) -> EpochLoader | DataLoader:
+    def train_dataloader(self) -> EpochLoader | ResumableDataLoader:
         """Training batches; webdataset: exactly epoch_length // (world * batch) batches on every rank."""
         if self.cfg.format == "webdataset":
             self._train_loader = self._webdataset_loader(train=True)
             return self._train_loader
         return self._map_loader("train")
 
-    def val_dataloader(self) -> EpochLoader | DataLoader | list:
+    def val_dataloader(self) -> EpochLoader | ResumableDataLoader | list:
         """Validation batches (center crop, no shuffle); an empty list when data.val_path is None."""
         if self.cfg.val_path is None:
             return []
@@ -235,23 +240,25 @@ class ImageNetDataModule(L.LightningDataModule):
             generator_seed=cfg.seed * 100_003 + rank * 2 + int(train),
         )
 
-    def _map_loader(self, split: str) -> DataLoader:
+    def _map_loader(self, split: str) -> ResumableDataLoader:
         if split not in self._datasets:
             self.setup()
         cfg = self.cfg
         train = split == "train"
+        rank, world = self.rank_world()
+        dataset = self._datasets[split]
+        sampler = EpochPermutationSampler(len(dataset), cfg.seed, rank, world, shuffle=train)
         workers_kw = {}
         if cfg.num_workers > 0:
             workers_kw = dict(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor)
-        # Under DDP Lightning swaps in a DistributedSampler (shuffle follows `shuffle` here), which pads ranks
-        # to equal length, so every rank runs the same number of steps; drop_last keeps batches full in training.
-        return DataLoader(
-            self._datasets[split],
-            batch_size=cfg.batch_size if train else cfg.effective_val_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=cfg.num_workers,
-            pin_memory=cfg.pin_memory and torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(cfg.seed),
-            **workers_kw,
-        )
+        return ResumableDataLoader(dataset, batch_size=cfg.batch_size if train else cfg.effective_val_batch_size,
+                                   sampler=sampler, drop_last=train, num_workers=cfg.num_workers,
+                                   pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+                                   progress_fn=self._progress, **workers_kw)
+
+    def _progress(self) -> tuple[int, int]:
+        """(epoch, batches Lightning has processed in it): what a checkpoint must record to resume mid-epoch."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)

@@ -107,48 +107,38 @@ def run_checkpoint(run: str | Path) -> Path:
 
 def ship_tokenizer(run: str | Path, out_dir: str | Path = DEMO_CHECKPOINTS) -> list[Path]:
     """`vqvae.pth` (float16 state dict, release layout) + `vqvae.json` (the `load_exported_vqvae` description)."""
-    from varianttrain.checkpoints import load_vqvae_weights
+    from varianttrain.checkpoints import load_vqvae_weights, read_file, save_vqvae_export
     from varianttrain.config_io import from_dict, to_dict
+    from varianttrain.demo.tokenizer_task import TokenizerTaskConfig
     from varianttrain.models.vqvae import VQVAE
-    from varianttrain.training.tokenizer_module import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, TokenizerTaskConfig
 
     ckpt_path = run_checkpoint(run)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = read_file(ckpt_path)
     task_cfg = from_dict(TokenizerTaskConfig, ckpt["hyper_parameters"]["task_cfg"], where=str(ckpt_path))
     vqvae = VQVAE(task_cfg.vqvae_config())
     load_vqvae_weights(vqvae, ckpt_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(half_state(vqvae.state_dict()), out / VQVAE_FILE)
-    vq_cfg = task_cfg.vqvae_config()
-    meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "vqvae_config": to_dict(vq_cfg),
-            "image_size": vq_cfg.image_size, "global_step": int(ckpt.get("global_step", 0)),
-            "task_config": to_dict(task_cfg), "storage_dtype": "float16", "source_checkpoint": str(ckpt_path)}
-    (out / "vqvae.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return [out / VQVAE_FILE, out / "vqvae.json"]
+    paths = save_vqvae_export(Path(out_dir) / VQVAE_FILE, half_state(vqvae.state_dict()), task_cfg.vqvae_config(),
+                              global_step=int(ckpt.get("global_step", 0)), task_config=to_dict(task_cfg),
+                              storage_dtype="float16", source_checkpoint=str(ckpt_path))
+    return list(paths)
 
 
 def ship_classifier(run: str | Path, out_dir: str | Path = DEMO_CHECKPOINTS) -> Path:
-    """`classifier.pt` in the `save_classifier` format, float16 storage."""
-    from varianttrain.training.classifier_module import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, load_demo_extractor
+    """`classifier.pt` in the classifier file format, float16 storage."""
+    from varianttrain.checkpoints import load_demo_extractor, read_file, save_demo_classifier
+    from varianttrain.models.demo_classifier import net_arch
 
     ckpt_path = run_checkpoint(run)
     extractor = load_demo_extractor(ckpt_path)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = read_file(ckpt_path)
     task_cfg = dict(ckpt["hyper_parameters"]["task_cfg"])
-    net = extractor.net
-    arch = {"num_classes": net.num_classes, "widths": list(task_cfg["widths"]),
-            "blocks_per_stage": int(task_cfg["blocks_per_stage"]), "dropout": float(task_cfg["dropout"])}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "arch": arch,
-                "resolution": extractor.resolution, "state_dict": half_state(net.state_dict()),
-                "task_config": task_cfg, "storage_dtype": "float16"}, out / CLASSIFIER_FILE)
-    return out / CLASSIFIER_FILE
+    return save_demo_classifier(Path(out_dir) / CLASSIFIER_FILE, half_state(extractor.net.state_dict()),
+                                net_arch(task_cfg), extractor.resolution, task_cfg, storage_dtype="float16")
 
 
 def ship_var(run: str | Path, out_dir: str | Path = DEMO_CHECKPOINTS, ema: bool = True) -> list[Path]:
     """`var_d<D>.pth` (float16, official key layout) + `var_d<D>.json` (export metadata) via `varianttrain.export`."""
+    from varianttrain.checkpoints import load_export
     from varianttrain.export import export_checkpoint
 
     ckpt_path = run_checkpoint(run)
@@ -157,8 +147,7 @@ def ship_var(run: str | Path, out_dir: str | Path = DEMO_CHECKPOINTS, ema: bool 
     with tempfile.TemporaryDirectory() as tmp:
         paths = export_checkpoint(ckpt_path, tmp, ema=ema, formats=("pth",), overwrite=True)
         pth = next(p for p in paths if p.suffix == ".pth")
-        meta = json.loads(pth.with_suffix(".json").read_text())
-        state = torch.load(pth, map_location="cpu", weights_only=True)
+        _, state, meta = load_export(pth)
     stem = f"var_d{meta['depth']}"
     for old in out.glob("var_d*.*"):  # exactly one VAR is shipped
         old.unlink()
@@ -184,18 +173,11 @@ class DemoModels:
 
 def load_demo_models(ckpt_dir: str | Path = DEMO_CHECKPOINTS, var_path: str | Path | None = None) -> DemoModels:
     """Load the demo VAR (or another export of it, `var_path`), tokenizer and classifier as float32 modules."""
-    from varianttrain.checkpoints import load_var_weights
-    from varianttrain.export import load_export
-    from varianttrain.models.var import VAR
-    from varianttrain.training.classifier_module import load_demo_extractor
-    from varianttrain.training.tokenizer_module import load_exported_vqvae
+    from varianttrain.checkpoints import load_demo_extractor, load_exported_var, load_exported_vqvae
 
     ckpt_dir = Path(ckpt_dir)
     vpath = Path(var_path) if var_path is not None else var_file(ckpt_dir)
-    var_cfg, state, meta = load_export(vpath)
-    var = VAR(var_cfg)
-    load_var_weights(var, state)
-    var = var.float().eval().requires_grad_(False)
+    var, meta = load_exported_var(vpath)
     vqvae = load_exported_vqvae(ckpt_dir / VQVAE_FILE).float()
     extractor = load_demo_extractor(ckpt_dir / CLASSIFIER_FILE).float()
     return DemoModels(var, vqvae, extractor, meta, vpath, ckpt_dir / VQVAE_FILE, ckpt_dir / CLASSIFIER_FILE)
@@ -206,7 +188,7 @@ def folder_images(data_dir: str | Path, split: str) -> tuple[list[Path], list[in
     """The PNGs of one split of the ImageFolder tree in sorted order, with their class indices."""
     root = Path(data_dir) / "folder" / split
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} not found; run: python -m varianttrain.data.demo_dataset --out {data_dir}")
+        raise FileNotFoundError(f"{root} not found; run: python -m varianttrain.demo.dataset --out {data_dir}")
     paths, labels = [], []
     for label, folder in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
         files = sorted(folder.glob("*.png"))
@@ -242,7 +224,7 @@ def tokens_up_to_date(tokens_dir: str | Path, vqvae_path: str | Path, data_dir: 
 
 
 @torch.inference_mode()
-def tokenize_demo(data_dir: str | Path = DEMO_DATA, vqvae_path: str | Path = f"{DEMO_CHECKPOINTS}/{VQVAE_FILE}",
+def tokenize_demo(data_dir: str | Path = DEMO_DATA, vqvae_path: str | Path = DEMO_CHECKPOINTS / VQVAE_FILE,
                   out_dir: str | Path = DEMO_TOKENS, batch: int = 100, flip_train: bool = True,
                   log: Callable[[str], None] = print) -> Path:
     """Tokenise the demo images (native 64 px, no crop) into `out_dir/{train,val}` ('indices' data format).
@@ -251,8 +233,8 @@ def tokenize_demo(data_dir: str | Path = DEMO_DATA, vqvae_path: str | Path = f"{
     mirrored shape is still its class), the cheap augmentation pre-tokenised data can have. Reused when
     `out_dir/source.json` names the same tokenizer, data hashes and flip setting; rewritten otherwise.
     """
+    from varianttrain.checkpoints import load_exported_vqvae
     from varianttrain.data.datamodule import write_index_dataset
-    from varianttrain.training.tokenizer_module import load_exported_vqvae
 
     out = Path(out_dir)
     if tokens_up_to_date(out, vqvae_path, data_dir, flip_train):
@@ -292,8 +274,7 @@ def measure_tokenizer(ckpt_dir: str | Path = DEMO_CHECKPOINTS, data_dir: str | P
                       batch: int = 100) -> dict[str, Any]:
     """Reconstruction error of the shipped tokenizer on the demo validation images, codebook use, and the demo
     classifier's accuracy on real vs reconstructed validation images (the ceiling for generated samples)."""
-    from varianttrain.training.classifier_module import load_demo_extractor
-    from varianttrain.training.tokenizer_module import load_exported_vqvae
+    from varianttrain.checkpoints import load_demo_extractor, load_exported_vqvae
 
     ckpt_dir = Path(ckpt_dir)
     vqvae = load_exported_vqvae(ckpt_dir / VQVAE_FILE).float()
@@ -333,7 +314,7 @@ def save_reconstruction_grid(path: str | Path, ckpt_dir: str | Path = DEMO_CHECK
     """Originals (odd rows) above their reconstructions (even rows), `per_class` validation images per class."""
     from torchvision.utils import save_image
 
-    from varianttrain.training.tokenizer_module import load_exported_vqvae
+    from varianttrain.checkpoints import load_exported_vqvae
 
     vqvae = load_exported_vqvae(Path(ckpt_dir) / VQVAE_FILE).float()
     paths, labels = folder_images(data_dir, "val")
@@ -352,7 +333,7 @@ def save_reconstruction_grid(path: str | Path, ckpt_dir: str | Path = DEMO_CHECK
 @torch.inference_mode()
 def measure_classifier(ckpt_dir: str | Path = DEMO_CHECKPOINTS, data_dir: str | Path = DEMO_DATA) -> dict[str, Any]:
     """Accuracy of the shipped demo classifier on the demo validation images."""
-    from varianttrain.training.classifier_module import load_demo_extractor
+    from varianttrain.checkpoints import load_demo_extractor
 
     extractor = load_demo_extractor(Path(ckpt_dir) / CLASSIFIER_FILE)
     paths, labels = folder_images(data_dir, "val")

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("eval_dirs", nargs="+", help="eval.py output folders (holding <method>/samples)")
     parser.add_argument("--classifier", default=f"{DEMO_CHECKPOINTS}/classifier.pt")
     args = parser.parse_args(argv)
-    from varianttrain.training.classifier_module import load_demo_extractor
+    from varianttrain.checkpoints import load_demo_extractor
 
     extractor = load_demo_extractor(args.classifier)
     result = {str(d): {m: {k: v for k, v in r.items() if k != "per_class"} for m, r in

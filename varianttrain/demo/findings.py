@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,13 +32,14 @@ from typing import Any
 
 import torch
 
-from varianttrain.demo import DEMO_CHECKPOINTS, DEMO_DATA, DEMO_TOKENS
-from varianttrain.demo.pipeline import QUICK_TRAIN, REPO_ROOT, SUPERNET_CONFIG
+from varianttrain.checkpoints import load_exported_var
+from varianttrain.demo import DEMO_CHECKPOINTS, DEMO_CONFIGS, DEMO_DATA, DEMO_TOKENS, REPO_ROOT
+from varianttrain.demo.pipeline import QUICK_TRAIN, SUPERNET_CONFIG
 
 FINDINGS = ("asymmetry", "ratio", "skipping")
 # label -> (run name, fine-tune config); all three train the same number of steps from the shipped VAR.
-RATIO_CONFIGS = {"p = 0.1 fixed": ("fixed_p0.1", "configs/demo/supernet_fixed_p0.1.yaml"),
-                 "p = 1.0 fixed": ("fixed_p1.0", "configs/demo/supernet_fixed_p1.0.yaml"),
+RATIO_CONFIGS = {"p = 0.1 fixed": ("fixed_p0.1", DEMO_CONFIGS / "supernet_fixed_p0.1.yaml"),
+                 "p = 1.0 fixed": ("fixed_p1.0", DEMO_CONFIGS / "supernet_fixed_p1.0.yaml"),
                  "progressive (3-phase)": ("progressive", SUPERNET_CONFIG)}
 
 
@@ -98,17 +98,17 @@ class Setup:
 
     quick: bool = False
     log: Callable[[str], None] = _log
-    data_dir: str = DEMO_DATA
-    tokens_dir: str = DEMO_TOKENS
-    ckpt_dir: str = DEMO_CHECKPOINTS
+    data_dir: str | Path = DEMO_DATA
+    tokens_dir: str | Path = DEMO_TOKENS
+    ckpt_dir: str | Path = DEMO_CHECKPOINTS
     per_class: int = 500  # demo data set size (generated when missing; the default is the full demo set)
     per_class_val: int = 50
 
 
 def make_evaluator(setup: Setup) -> tuple[Evaluator, Any]:
     """(evaluator, pre-trained demo VAR); data, tokens and reference statistics are prepared as by demo.py."""
-    from varianttrain.data.demo_dataset import generate_demo_dataset
     from varianttrain.demo.artifacts import load_demo_models
+    from varianttrain.demo.dataset import generate_demo_dataset
     from varianttrain.demo.pipeline import DemoOptions, prepare_inputs
     from varianttrain.evaluation.metrics import load_reference_stats
 
@@ -128,29 +128,18 @@ def static(plan: Any, name: str) -> Any:
     return StaticPlanMethod(plan, name=name)
 
 
-def load_export_var(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """A float32 eval-mode VAR from an export (`varianttrain.export`) and its metadata."""
-    from varianttrain.checkpoints import load_var_weights
-    from varianttrain.export import load_export
-    from varianttrain.models.var import VAR
-
-    cfg, state, meta = load_export(path)
-    var = VAR(cfg)
-    load_var_weights(var, state)
-    return var.float().eval().requires_grad_(False), meta
-
-
-def train_supernet(config: str, run_root: Path, name: str, setup: Setup) -> Path:
+def train_supernet(config: str | Path, run_root: Path, name: str, setup: Setup) -> Path:
     """Fine-tune the shipped demo VAR with `config` (train.py machinery) and export it; returns the export .pth."""
     from varianttrain.demo.artifacts import var_file
     from varianttrain.export import export_checkpoint
+    from varianttrain.tasks import TASKS
     from varianttrain.training.runner import run as train_run
 
     setup.log(f"[findings] fine-tune: {config} -> {run_root / name}")
     overrides = [f"run.root={run_root}", f"run.name={name}", f"data.train_path={setup.tokens_dir}/train",
                  f"data.val_path={setup.tokens_dir}/val", f"model.var_checkpoint={var_file(setup.ckpt_dir)}",
                  f"model.vqvae_checkpoint={setup.ckpt_dir}/vqvae.pth"]
-    code = train_run(config, overrides + (QUICK_TRAIN if setup.quick else []))
+    code = train_run(config, overrides + (QUICK_TRAIN if setup.quick else []), tasks=TASKS)
     if code != 0:
         raise RuntimeError(f"fine-tune {config} failed with exit status {code}")
     run_dir = sorted((run_root / name).iterdir())[-1]
@@ -290,7 +279,7 @@ def ratio(out: Path, setup: Setup, **_: Any) -> tuple[str, dict[str, Any]]:
                      "layer_subsets": None}, {})}
     for label, (run_name, config) in RATIO_CONFIGS.items():
         export = train_supernet(config, out, run_name, setup)
-        var, meta = load_export_var(export)
+        var, meta = load_exported_var(export)
         models[label] = (var, meta, final_val_losses(export.parent.parent))
     ref_meta = models[next(iter(RATIO_CONFIGS))][1]
     rows = []
@@ -321,7 +310,7 @@ def skipping(out: Path, setup: Setup, supernet: str | None = None, **_: Any) -> 
     log = setup.log
     ev, pretrained = make_evaluator(setup)
     export = Path(supernet) if supernet else train_supernet(SUPERNET_CONFIG, out, "progressive", setup)
-    var_sn, meta = load_export_var(export)
+    var_sn, meta = load_exported_var(export)
     D = pretrained.depth
     subsets = {int(d): tuple(v) for d, v in meta["layer_subsets"].items()}
     rows = []
@@ -357,15 +346,14 @@ RUNNERS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {"asymmetry": as
                                                                   "skipping": skipping}
 
 
-def run_finding(name: str, setup: Setup | None = None, out_root: str | Path | None = None, threads: int = 2,
+def run_finding(name: str, setup: Setup | None = None, out_root: str | Path | None = None,
                 **kwargs: Any) -> dict[str, Any]:
-    """Run one finding in a fresh `<out_root>/findings/<name>/<NNN>`; returns its results (also in results.json)."""
+    """Run one finding in a fresh `<out_root>/findings/<name>/<NNN>` (default: the repository's runs/); returns its
+    results (also in results.json)."""
     from varianttrain.training.runner import new_run_dir
 
     setup = setup or Setup()
     quick, log = setup.quick, setup.log
-    os.chdir(REPO_ROOT)  # the demo configs' paths are relative to the repository root
-    torch.set_num_threads(threads)
     out = new_run_dir(Path(out_root).resolve() if out_root else REPO_ROOT / "runs", f"findings/{name}")
     t0 = time.perf_counter()
     md, results = RUNNERS[name](out, setup, **kwargs)
@@ -386,8 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out-root", default=None, help="results go to <out-root>/findings/<finding>/<NNN>")
     parser.add_argument("--supernet", default=None, help="skipping: a supernet export to reuse instead of training one")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)  # process-wide: the entry point's decision (sized for 2 CPU cores)
     kwargs = {"supernet": args.supernet} if args.supernet else {}
-    run_finding(args.finding, Setup(quick=args.quick), args.out_root, args.threads, **kwargs)
+    run_finding(args.finding, Setup(quick=args.quick), args.out_root, **kwargs)
     return 0
 
 

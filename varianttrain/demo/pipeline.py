@@ -9,7 +9,8 @@ Stages (each printed as a banner with the elapsed time; Lightning / eval progres
 3. the demo images are tokenised by the shipped tokenizer (`data/demo_tokens`, reused when up to date) and the
    demo classifier's reference statistics of the real validation images are computed (cached next to them);
 4. the shipped demo VAR is fine-tuned into a VARiant supernet with the 3-phase progressive schedule
-   (`configs/demo/supernet.yaml`, through `varianttrain.training.runner.run`, the code behind train.py);
+   (`configs/demo/supernet.yaml`, through `varianttrain.training.runner.run`, the code behind train.py, with the
+   same task table `varianttrain.tasks.TASKS`);
 5. the supernet is exported (`varianttrain.export`);
 6. `eval.py --mode all` (`configs/demo/eval.yaml`, demo-classifier FID / IS) at every depth budget;
 7. one side-by-side table (full, VARiant subnets, DepthVAR / StageVAR / FastVAR / early exit at the same budgets),
@@ -17,12 +18,13 @@ Stages (each printed as a banner with the elapsed time; Lightning / eval progres
 
 Everything lands in a fresh `runs/demo/<NNN>/` (never an existing directory): `supernet/000/` (the training run),
 `export/`, `eval_d<d>/` (eval.py's samples and reports), `summary.md`, `summary.json`, `pareto.png`.
+Default paths are under the repository root (`varianttrain.demo.REPO_ROOT`), so the demo runs from any directory;
+the torch thread count is set by `main()` (`--threads`), not by the library functions.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,11 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from varianttrain.demo import DEMO_CHECKPOINTS, DEMO_DATA, DEMO_TOKENS
+from varianttrain.demo import DEMO_CHECKPOINTS, DEMO_CONFIGS, DEMO_DATA, DEMO_TOKENS, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SUPERNET_CONFIG = "configs/demo/supernet.yaml"
-EVAL_CONFIG = "configs/demo/eval.yaml"
+SUPERNET_CONFIG = DEMO_CONFIGS / "supernet.yaml"
+EVAL_CONFIG = DEMO_CONFIGS / "eval.yaml"
 
 # --quick: a smoke run of every stage (tests): a few optimizer steps, 2 samples per class, tiny timing.
 QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every_n_steps=4", "trainer.log_every_n_steps=1",
@@ -49,14 +50,13 @@ class DemoOptions:
     """What `python demo.py` does; defaults are the full demo."""
 
     quick: bool = False
-    threads: int = 2  # torch intra-op threads (the demo is sized for 2 CPU cores)
     depths: tuple[int, ...] | None = None  # depth budgets; None = the supernet's depth choices (D/2, D/4)
     out_root: str = str(REPO_ROOT / "runs")  # the run lands in <out_root>/demo/<NNN>
     train_overrides: list[str] = field(default_factory=list)  # extra --set for the fine-tune
     eval_overrides: list[str] = field(default_factory=list)  # extra --set for eval.py
-    data_dir: str = DEMO_DATA
-    ckpt_dir: str = DEMO_CHECKPOINTS
-    tokens_dir: str = DEMO_TOKENS
+    data_dir: str | Path = DEMO_DATA
+    ckpt_dir: str | Path = DEMO_CHECKPOINTS
+    tokens_dir: str | Path = DEMO_TOKENS
     per_class: int = 500  # demo data set size (tests use a tiny one in a temporary folder)
     per_class_val: int = 50
 
@@ -100,17 +100,18 @@ def _log(msg: str) -> None:
 # ------------------------------------------------------------------------------------------------ stages
 def planned_depths(opts: DemoOptions) -> tuple[int, ...]:
     """The depth budgets evaluated by default: the fine-tune's `supernet.depth_choices` (D/2, D/4)."""
-    from varianttrain.training.runner import load_run_config
+    from varianttrain.tasks import TASKS
+    from varianttrain.training.tasks import load_run_config
 
-    _, cfg = load_run_config(REPO_ROOT / SUPERNET_CONFIG, opts.train_overrides)
+    _, cfg = load_run_config(SUPERNET_CONFIG, opts.train_overrides, TASKS)
     return tuple(cfg.supernet.depth_choices)
 
 
 def prepare_inputs(opts: DemoOptions, log: Callable[[str], None] = _log) -> tuple[Path, Path]:
     """Data, checksums, tokens and FID reference statistics; returns (tokens dir, reference stats npz)."""
+    from varianttrain.checkpoints import load_demo_extractor
     from varianttrain.demo.artifacts import CLASSIFIER_FILE, VQVAE_FILE, sha256_file, tokenize_demo, verify_sums
     from varianttrain.demo.class_accuracy import reference_stats
-    from varianttrain.training.classifier_module import load_demo_extractor
 
     problems = verify_sums(opts.ckpt_dir)
     if problems:
@@ -130,14 +131,14 @@ def prepare_inputs(opts: DemoOptions, log: Callable[[str], None] = _log) -> tupl
 def finetune(opts: DemoOptions, run_dir: Path) -> Path:
     """The 3-phase supernet fine-tune of the shipped demo VAR; returns its last checkpoint."""
     from varianttrain.demo.artifacts import VQVAE_FILE, var_file
+    from varianttrain.tasks import TASKS
     from varianttrain.training.runner import run as train_run
 
     overrides = [f"run.root={run_dir}", "run.name=supernet", f"data.train_path={opts.tokens_dir}/train",
-                 f"data.val_path={opts.tokens_dir}/val", f"trainer.cpu_threads={opts.threads}",
-                 f"model.var_checkpoint={var_file(opts.ckpt_dir)}",
+                 f"data.val_path={opts.tokens_dir}/val", f"model.var_checkpoint={var_file(opts.ckpt_dir)}",
                  f"model.vqvae_checkpoint={Path(opts.ckpt_dir) / VQVAE_FILE}"]
     overrides += (QUICK_TRAIN if opts.quick else []) + list(opts.train_overrides)
-    code = train_run(SUPERNET_CONFIG, overrides)
+    code = train_run(SUPERNET_CONFIG, overrides, tasks=TASKS)
     if code != 0:
         raise DemoError(f"the supernet fine-tune failed (exit status {code}); see the messages above")
     ckpt = run_dir / "supernet" / "000" / "checkpoints" / "last.ckpt"
@@ -252,19 +253,17 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
     """Run every stage; returns the summary (also written to `<run dir>/summary.json`)."""
     import torch
 
-    from varianttrain.data.demo_dataset import generate_demo_dataset
+    from varianttrain.checkpoints import load_demo_extractor
     from varianttrain.demo.class_accuracy import eval_dir_accuracy
+    from varianttrain.demo.dataset import generate_demo_dataset
     from varianttrain.export import export_checkpoint
-    from varianttrain.training.classifier_module import load_demo_extractor
     from varianttrain.training.runner import new_run_dir
 
-    os.chdir(REPO_ROOT)  # every path in the demo configs is relative to the repository root
-    torch.set_num_threads(opts.threads)
     depths = tuple(opts.depths or planned_depths(opts))
     stages = Stages(5 + len(depths))
     run_dir = new_run_dir(opts.out_root, "demo")  # atomic: a previous demo run is never touched
-    log(f"[demo] run directory {run_dir}{' (quick smoke mode)' if opts.quick else ''}; "
-        f"{opts.threads} torch threads")
+    threads = torch.get_num_threads()
+    log(f"[demo] run directory {run_dir}{' (quick smoke mode)' if opts.quick else ''}; {threads} torch threads")
 
     stages.start(f"demo data set ({opts.data_dir}; generated when missing, reused when present)")
     manifest = generate_demo_dataset(opts.data_dir, per_class=opts.per_class, per_class_val=opts.per_class_val)
@@ -297,7 +296,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
     text = "\n".join([
         f"# Demo run {run_dir}", "",
         f"Wall time {wall:.0f} s ({wall / 60:.1f} min){' — quick smoke mode' if opts.quick else ''}; "
-        f"{opts.threads} torch threads; {protocol['samples']}; sampling {protocol['sampling_protocol']}; "
+        f"{threads} torch threads; {protocol['samples']}; sampling {protocol['sampling_protocol']}; "
         f"device {protocol['device']}.", "",
         f"Demo FID / IS use the demo classifier ({opts.ckpt_dir}/classifier.pt), not Inception: comparable only "
         "within the demo. Class acc: the demo classifier's accuracy on the generated samples (chance 10 %). "
@@ -332,7 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override an eval config value (repeatable)")
     args = parser.parse_args(argv)
-    opts = DemoOptions(quick=args.quick, threads=args.threads, depths=tuple(args.depths) if args.depths else None,
+    import torch
+
+    torch.set_num_threads(args.threads)  # process-wide: the entry point's decision (the demo is sized for 2 cores)
+    opts = DemoOptions(quick=args.quick, depths=tuple(args.depths) if args.depths else None,
                        out_root=str(Path(args.out_root).resolve()), train_overrides=args.train_set,
                        eval_overrides=args.eval_set)
     try:

@@ -24,15 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from varianttrain.checkpoints import (
-    CheckpointError,
-    extract_var_state_dict,
-    extract_vqvae_state_dict,
-    inspect_var_state_dict,
-    load_var_weights,
-    load_vqvae_weights,
-    read_file,
-)
+from varianttrain.checkpoints import CheckpointError, load_demo_extractor, load_var, load_var_with_metadata, load_vqvae
 from varianttrain.config_io import apply_overrides, from_dict, load_config, to_dict
 from varianttrain.evaluation.config import EvalConfig
 from varianttrain.evaluation.cost import measure_cost
@@ -43,8 +35,8 @@ from varianttrain.evaluation.seeds import class_list, sample_name, work_list
 from varianttrain.methods.budget import DEFAULT_BRIDGE_SCALES, DepthBudget
 from varianttrain.methods.registry import build_method, check_method_options, resolve_methods
 from varianttrain.methods.spec import MethodOptions
-from varianttrain.models.var import VAR, VARConfig
-from varianttrain.models.vqvae import VQVAE, VQVAEConfig
+from varianttrain.models.var import VAR
+from varianttrain.models.vqvae import VQVAE
 from varianttrain.sampling.sampler import SamplingMethod, StaticPlanMethod
 
 
@@ -87,64 +79,6 @@ def _require_file(path: Path | None, key: str, flag: str, what: str) -> Path:
     return Path(path)
 
 
-def load_var(path: Path, patch_nums: Sequence[int], device: torch.device | str = "cpu", ema: bool = False) -> VAR:
-    """A VAR built from what its checkpoint says (depth, width, heads, classes, vocab) and `patch_nums`."""
-    state = extract_var_state_dict(read_file(path), str(path), prefer_ema=ema)
-    info = inspect_var_state_dict(state)
-    tokens = sum(p * p for p in patch_nums)
-    if tokens != info.num_tokens:
-        raise EvalInputError(f"{path} has {info.num_tokens} token positions but model.patch_nums {list(patch_nums)} "
-                             f"gives {tokens}; set model.patch_nums to the pyramid the model was trained with")
-    config = VARConfig(depth=info.depth, embed_dim=info.width, num_heads=info.num_heads or info.depth,
-                       num_classes=info.num_classes, vocab_size=info.vocab_size, z_channels=info.z_channels,
-                       patch_nums=tuple(patch_nums), shared_aln=info.shared_aln, drop_path_rate=0.0,
-                       attn_l2_norm="blocks.0.attn.scale_mul_1H11" in state)
-    var = VAR(config)
-    load_var_weights(var, state)
-    return var.to(device).eval().requires_grad_(False)
-
-
-def load_vqvae(path: Path, patch_nums: Sequence[int], ch: int | None = None,
-               device: torch.device | str = "cpu") -> VQVAE:
-    """The VQVAE of `path`; width, vocabulary and channels are read off the weights unless `ch` is given."""
-    state = extract_vqvae_state_dict(read_file(path), str(path))
-    codebook = state["quantize.embedding.weight"]
-    ch = ch or int(state["encoder.conv_in.weight"].shape[0])
-    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
-    ch_mult = tuple(int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) // ch for i in levels)
-    config = VQVAEConfig(vocab_size=int(codebook.shape[0]), z_channels=int(codebook.shape[1]), ch=ch,
-                         patch_nums=tuple(patch_nums), ch_mult=ch_mult)
-    vqvae = VQVAE(config)
-    load_vqvae_weights(vqvae, state)
-    return vqvae.freeze().to(device)
-
-
-def load_var_with_metadata(path: Path, patch_nums: Sequence[int], device: torch.device | str = "cpu",
-                           ema: bool = False) -> tuple[VAR, dict[str, Any]]:
-    """The VAR of `path` and, for a `varianttrain.export` file, its metadata (depth choices, bridge N, layer subsets).
-
-    An export (a `.safetensors` file, or weights with the export's `<stem>.json` beside them) is read with
-    `varianttrain.export.load_export`, whose architecture (patch_nums included) wins over the config; anything else
-    is a plain checkpoint (`load_var`) with no metadata.
-    """
-    if path.suffix == ".safetensors" or path.with_suffix(".json").is_file():
-        from varianttrain.export import load_export
-
-        try:
-            config, state, meta = load_export(path)
-        except CheckpointError as err:
-            if path.suffix != ".safetensors" or "no varianttrain metadata" not in str(err):
-                raise
-        else:
-            if tuple(config.patch_nums) != tuple(patch_nums):
-                print(f"[eval] note: {path} was exported with patch_nums {list(config.patch_nums)}; using them "
-                      f"instead of model.patch_nums {list(patch_nums)}", file=sys.stderr)
-            var = VAR(dataclasses.replace(config, drop_path_rate=0.0))
-            load_var_weights(var, state)
-            return var.to(device).eval().requires_grad_(False), dict(meta)
-    return load_var(path, patch_nums, device, ema=ema), {}
-
-
 def build_budget(cfg: EvalConfig, var: VAR, meta: dict[str, Any]) -> DepthBudget:
     """The run's `DepthBudget`: config first, then export metadata, then defaults (N = 6, full depth)."""
     b = cfg.budget
@@ -171,11 +105,17 @@ def load_extractor(cfg: EvalConfig, device: torch.device) -> Callable:
     path = _require_file(m.demo_classifier, "metrics.demo_classifier", "--set metrics.demo_classifier=PATH",
                          "demo classifier checkpoint")
     try:
-        from varianttrain.training.classifier_module import load_demo_extractor
-    except ImportError as err:
-        raise EvalInputError(f"metrics.extractor=demo-classifier needs varianttrain.training.classifier_module "
-                             f"({err})") from err
-    return load_demo_extractor(path).to(device).eval()
+        return load_demo_extractor(path).to(device).eval()
+    except CheckpointError as err:
+        raise EvalInputError(f"metrics.demo_classifier: {err}") from err
+
+
+def _load_second_var(path: str, patch_nums: Sequence[int], device: torch.device) -> VAR:
+    """The methods' `model_loader`: a file that does not fit is an input error (eval.py reports it)."""
+    try:
+        return load_var(Path(path), patch_nums, device)
+    except CheckpointError as err:
+        raise EvalInputError(str(err)) from err
 
 
 def _uint8_batches(paths: Sequence[Path], batch: int, image_size: int | None = None):

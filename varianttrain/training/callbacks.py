@@ -124,16 +124,6 @@ class StepSeed(L.Callback):
         torch.manual_seed(step_rng_seed(self.seed, trainer.global_step, micro, trainer.global_rank))
 
 
-class CpuThreads(L.Callback):
-    """Sets torch's intra-op thread count in every rank (forked/spawned DDP workers start with the parent's)."""
-
-    def __init__(self, num_threads: int):
-        self.num_threads = num_threads
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        torch.set_num_threads(self.num_threads)
-
-
 class SubnetAudit(L.Callback):
     """Appends (global_step, p, depth) of every micro-batch to `<dir>/rank<R>.jsonl`, one file per rank.
 

@@ -1,18 +1,19 @@
 """The run config of `train.py`: nested frozen dataclasses read from YAML by `varianttrain.config_io`.
 
 Sections shared by every task: `task`, `data` (the data layer's `DataConfig`), `trainer`, `run`. The supernet and
-pretrain tasks add `model`, `supernet`, `optim`, `ema` and `validation`; other tasks register their own sections in
-`varianttrain.training.runner.TASKS`. Values that follow from others (per-device batch, accumulation, world size,
+pretrain tasks add `model`, `supernet`, `optim`, `ema` and `validation`; other tasks bring their own section (the
+task table, `varianttrain.training.tasks`). Values that follow from others (per-device batch, accumulation, world size,
 the VAR architecture) are computed by `derive()` and never written back into the user's config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
-from varianttrain.config_io import ConfigError
+from varianttrain.config_io import ConfigError, from_dict
 from varianttrain.data.config import DataConfig
 from varianttrain.models.depth_plan import SubsetRule
 from varianttrain.models.var import RELEASED_PATCH_NUMS, VARConfig
@@ -205,7 +206,7 @@ class TrainerConfig:
     matmul_precision: Literal["highest", "high", "medium"] = "high"  # TF32 on Ampere+ (VAR default)
     progress_bar: bool = True
     progress_refresh: int = 20  # batches between progress-bar updates (keep logs small on clusters)
-    cpu_threads: int | None = None  # torch intra-op threads per process (CPU runs; None = torch's default)
+    cpu_threads: int | None = None  # torch intra-op threads per process, set by train.py (None = torch's default)
     audit_subnets: bool = False  # write <run>/subnets/rank<R>.jsonl: (step, p, depth) of every micro-batch
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
 
@@ -294,6 +295,17 @@ class PretrainRunConfig(SupernetRunConfig):
 
     task: str = "pretrain"
     model: ModelConfig = field(default_factory=PretrainModelConfig)
+
+
+def run_config_from_dict(data: Mapping[str, Any]) -> SupernetRunConfig:
+    """Typed config of a supernet / pretrain run from the dict its checkpoints store
+    (`checkpoint['varianttrain']['config']`, written by `SupernetModule`)."""
+    task = data.get("task", "supernet")
+    classes = {"supernet": SupernetRunConfig, "pretrain": PretrainRunConfig}
+    if task not in classes:
+        raise ConfigError(f"task {task!r}: only supernet / pretrain runs hold a VAR run config", key="task",
+                          source="checkpoint config")
+    return from_dict(classes[task], data, where="checkpoint config")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
-"""Build everything `train.py` needs from a config: task registry, run directory, trainer, resume, exit codes.
+"""Build everything `train.py` needs from a config: run directory, trainer, resume, exit codes.
 
-Adding a task = one entry in `TASKS` (name -> config sections + module factory). The config of a task is the
-shared sections (`task`, `data`, `trainer`, `run`) plus the task's own; `load_run_config` reads `task:` first and
-then types the whole file against that task's dataclass (unknown keys and wrong types are errors naming the key).
+The task (what module is trained, with which config sections) comes from the task table passed to `run`
+(`varianttrain.training.tasks`; train.py passes every task of the project, `varianttrain.tasks.TASKS`).
 
 Run directories: `<run.root>/<run.name>/<NNN>` (NNN = 000, 001, ...), created with `mkdir(exist_ok=False)`, so a new
 run never writes into another run's directory. A run directory holds `config.yaml` (the resolved config),
@@ -10,148 +9,37 @@ run never writes into another run's directory. A run directory holds `config.yam
 `--resume [RUN_DIR]` continues the newest readable checkpoint of RUN_DIR (default: the newest run of the config's
 run.name) with the run's saved config plus any `--set` overrides.
 
+Data: the data layer's `ImageNetDataModule` (deterministic, resumable map-style loaders; webdataset streams).
+Threads: `trainer.cpu_threads` is a per-process setting, applied by the entry point (train.py), not here.
+
 Exit codes: 0 done; 2 bad config / bad input file (nothing written); 143 stopped by SIGTERM after writing
 `checkpoints/on_exception.ckpt`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-import yaml
-from torch.utils.data import DataLoader, Sampler
 
 from varianttrain.checkpoints import CheckpointError
-from varianttrain.config_io import ConfigError, apply_overrides, from_dict, load_config, to_dict, to_yaml
+from varianttrain.config_io import ConfigError, to_yaml
 from varianttrain.data.datamodule import ImageNetDataModule
-from varianttrain.training.config import (
-    Derived,
-    PretrainRunConfig,
-    SupernetRunConfig,
-    TrainerConfig,
-    derive,
-)
+from varianttrain.training.config import Derived, TrainerConfig, derive
+from varianttrain.training.tasks import SUPERNET_TASKS, TaskSpec, TaskTable, load_run_config
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SIGTERM = 0, 2, 143
 CHECKPOINT_DIR, CONFIG_FILE = "checkpoints", "config.yaml"
-
-
-# ------------------------------------------------------------------------------------------------
-# Task registry
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A trainable task: its top-level config class and a factory for its LightningModule.
-
-    `config_cls()` returns the dataclass of the whole config file (imported lazily, so a task whose module does not
-    exist yet fails only when selected). `build_module(cfg, run_dir, resuming)` returns the LightningModule;
-    `callbacks(cfg)` any task-specific callbacks.
-    """
-
-    name: str
-    config_cls: Callable[[], type]
-    build_module: Callable[[Any, Path, bool], L.LightningModule]
-    callbacks: Callable[[Any], list[L.Callback]] = lambda cfg: []
-
-
-def _supernet_module(cfg: SupernetRunConfig, run_dir: Path, resuming: bool) -> L.LightningModule:
-    from varianttrain.training.module import SupernetModule
-
-    return SupernetModule(cfg, full_only=cfg.task == "pretrain", load_initial_weights=not resuming, run_dir=run_dir)
-
-
-def _supernet_callbacks(cfg: SupernetRunConfig) -> list[L.Callback]:
-    from varianttrain.training.callbacks import ProgressiveSubnetSchedule
-
-    if cfg.task == "pretrain":
-        return []
-    return [ProgressiveSubnetSchedule(cfg.supernet.schedule, cfg.supernet.depth_choices, cfg.supernet.seed)]
-
-
-def _task_config(module: str, section: str, cls_name: str) -> Callable[[], type]:
-    """Config class of an externally implemented task: shared sections + `<section>: <cls_name>`."""
-
-    def build() -> type:
-        import importlib
-
-        try:
-            mod = importlib.import_module(module)
-            section_cls = getattr(mod, cls_name)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"task {section!r} is not available: {module}.{cls_name} could not be imported "
-                              f"({err}); it is implemented in {module.replace('.', '/')}.py", key="task") from err
-        return _compose_config(f"{cls_name}Run", section, section_cls)
-
-    return build
-
-
-def _task_module(module: str, cls_name: str, section: str) -> Callable[[Any, Path, bool], L.LightningModule]:
-    def build(cfg: Any, run_dir: Path, resuming: bool) -> L.LightningModule:
-        import importlib
-
-        return getattr(importlib.import_module(module), cls_name)(getattr(cfg, section))
-
-    return build
-
-
-def _compose_config(name: str, section: str, section_cls: type) -> type:
-    from varianttrain.data.config import DataConfig
-    from varianttrain.training.config import RunDirConfig
-
-    fields = [("task", str, dataclasses.field(default=section)),
-              ("data", DataConfig, dataclasses.field(default_factory=DataConfig)),
-              ("trainer", TrainerConfig, dataclasses.field(default_factory=TrainerConfig)),
-              ("run", RunDirConfig, dataclasses.field(default_factory=lambda: RunDirConfig(name=section))),
-              (section, section_cls, dataclasses.field(default_factory=section_cls))]
-    return dataclasses.make_dataclass(name, fields, frozen=True)
-
-
-TASKS: dict[str, TaskSpec] = {
-    "supernet": TaskSpec("supernet", lambda: SupernetRunConfig, _supernet_module, _supernet_callbacks),
-    "pretrain": TaskSpec("pretrain", lambda: PretrainRunConfig, _supernet_module, _supernet_callbacks),
-    # ---- tasks implemented by other modules (imported only when selected) ----
-    "tokenizer": TaskSpec("tokenizer", _task_config("varianttrain.training.tokenizer_module", "tokenizer",
-                                                    "TokenizerTaskConfig"),
-                          _task_module("varianttrain.training.tokenizer_module", "TokenizerModule", "tokenizer")),
-    "classifier": TaskSpec("classifier", _task_config("varianttrain.training.classifier_module", "classifier",
-                                                      "ClassifierTaskConfig"),
-                           _task_module("varianttrain.training.classifier_module", "ClassifierModule", "classifier")),
-}
-
-
-def _task_name(path: str | Path, overrides: Sequence[str]) -> str:
-    """The `task:` of a config file (after overrides); malformed files are reported by load_config later."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        data = apply_overrides(data, overrides)
-    except Exception:  # noqa: BLE001 - the typed load below produces the precise error
-        return "supernet"
-    task = data.get("task", "supernet") if isinstance(data, dict) else "supernet"
-    if not isinstance(task, str) or task not in TASKS:
-        raise ConfigError(f"task: unknown task {task!r}; choose one of {sorted(TASKS)}", key="task", source=str(path))
-    return task
-
-
-def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[TaskSpec, Any]:
-    """(task spec, typed config) for a config file and `--set key=value` overrides."""
-    spec = TASKS[_task_name(path, overrides)]
-    return spec, load_config(spec.config_cls(), path, overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,92 +81,6 @@ def resume_checkpoint(run_dir: Path) -> Path:
             return path
         log.warning("skipping incomplete checkpoint %s", path)
     raise CheckpointError(f"--resume: {ckpt_dir} holds no complete checkpoint (*.ckpt); nothing to resume")
-
-
-# ------------------------------------------------------------------------------------------------
-# Data: deterministic, resumable map-style loaders
-# ------------------------------------------------------------------------------------------------
-
-
-class EpochPermutationSampler(Sampler[int]):
-    """This rank's share of a permutation seeded by (seed, epoch): the same order however often a run resumes.
-
-    Every rank gets len // world indices (the tail is dropped so all ranks run the same number of steps). `skip`
-    leaves out the first indices of the next iteration (mid-epoch resume).
-    """
-
-    def __init__(self, size: int, seed: int, rank: int, world_size: int, shuffle: bool = True):
-        self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
-        self.epoch = 0
-        self.skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size // self.world_size
-
-    def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle \
-            else np.arange(self.size)
-        mine = order[: len(self) * self.world_size][self.rank::self.world_size]
-        skip, self.skip = self.skip, 0
-        yield from (int(i) for i in mine[skip:])
-
-
-class ResumableDataLoader(DataLoader):
-    """DataLoader whose state (epoch, batches consumed) is saved in Lightning checkpoints (`_Stateful`).
-
-    The consumed count is Lightning's own batch progress at save time (not the loader's, which runs ahead by the
-    prefetched batches); on resume the sampler skips exactly those batches of that epoch.
-    """
-
-    def __init__(self, *args, progress_fn: Callable[[], tuple[int, int]], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.progress_fn = progress_fn
-
-    def state_dict(self) -> dict:
-        epoch, consumed = self.progress_fn()
-        return {"epoch": epoch, "consumed_batches": consumed}
-
-    def load_state_dict(self, state: dict) -> None:
-        sampler: EpochPermutationSampler = self.sampler
-        consumed = int(state.get("consumed_batches", 0))
-        if 0 < consumed < len(self):
-            sampler.set_epoch(int(state["epoch"]))
-            sampler.skip = consumed * self.batch_size
-
-
-class RunDataModule(ImageNetDataModule):
-    """The data layer's module with deterministic, resumable map-style loaders ('indices' / 'imagefolder').
-
-    The data layer's map loaders shuffle with one generator over the run, so the order of epoch e depends on how
-    many epochs this process has seen; here it is a function of (seed, epoch) and resumable mid-epoch. Webdataset
-    loaders are used unchanged (their order is a function of (seed, epoch); a mid-epoch resume restarts the epoch's
-    stream, which Lightning warns about).
-    """
-
-    def _map_loader(self, split: str) -> DataLoader:
-        if split not in self._datasets:
-            self.setup()
-        cfg = self.cfg
-        train = split == "train"
-        rank, world = self.rank_world()
-        dataset = self._datasets[split]
-        sampler = EpochPermutationSampler(len(dataset), cfg.seed, rank, world, shuffle=train)
-        workers_kw = {}
-        if cfg.num_workers > 0:
-            workers_kw = dict(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor)
-        return ResumableDataLoader(dataset, batch_size=cfg.batch_size if train else cfg.effective_val_batch_size,
-                                   sampler=sampler, drop_last=train, num_workers=cfg.num_workers,
-                                   pin_memory=cfg.pin_memory and torch.cuda.is_available(),
-                                   progress_fn=self._progress, **workers_kw)
-
-    def _progress(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 0
-        return trainer.current_epoch, int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,7 +127,7 @@ def build_trainer(cfg: Any, spec: TaskSpec, run_dir: Path, derived: Derived,
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from varianttrain.training.callbacks import CpuThreads, StepSeed, SubnetAudit
+    from varianttrain.training.callbacks import StepSeed, SubnetAudit
 
     tcfg: TrainerConfig = cfg.trainer
     ckpt_dir = run_dir / CHECKPOINT_DIR
@@ -351,8 +153,6 @@ def build_trainer(cfg: Any, spec: TaskSpec, run_dir: Path, derived: Derived,
     # After the schedule (callbacks run in list order), so the audit sees this micro-batch's subnet.
     if tcfg.audit_subnets:
         callbacks.append(SubnetAudit(run_dir / "subnets"))
-    if tcfg.cpu_threads:
-        callbacks.append(CpuThreads(tcfg.cpu_threads))
     callbacks += list(extra_callbacks)
 
     vcfg = getattr(cfg, "validation", None)
@@ -383,7 +183,8 @@ def build_trainer(cfg: Any, spec: TaskSpec, run_dir: Path, derived: Derived,
 # ------------------------------------------------------------------------------------------------
 
 
-def _resolve_resume(config_path: str | None, resume: str | bool, overrides: Sequence[str]) -> tuple[Path, list[str]]:
+def _resolve_resume(config_path: str | None, resume: str | bool, overrides: Sequence[str],
+                    tasks: TaskTable) -> tuple[Path, list[str]]:
     if isinstance(resume, str) and resume:
         run_dir = Path(resume)
         if not (run_dir / CONFIG_FILE).is_file():
@@ -391,26 +192,38 @@ def _resolve_resume(config_path: str | None, resume: str | bool, overrides: Sequ
         return run_dir, list(overrides)
     if config_path is None:
         raise ConfigError("--resume without a run directory needs --config to find the run (run.root/run.name)")
-    _, cfg = load_run_config(config_path, overrides)
+    _, cfg = load_run_config(config_path, overrides, tasks)
     return latest_run_dir(cfg.run.root, cfg.run.name), list(overrides)
 
 
-def run(config_path: str | None, overrides: Sequence[str] = (), resume: str | bool = False,
-        extra_callbacks: Sequence[L.Callback] = ()) -> int:
-    """Train; returns the process exit status (see the module docstring). `extra_callbacks`: for tests."""
+def resolve_run_config(config_path: str | Path | None, overrides: Sequence[str] = (), resume: str | bool = False,
+                       tasks: TaskTable = SUPERNET_TASKS) -> tuple[TaskSpec, Any, Path | None]:
+    """(task spec, typed config, run directory being resumed or None) of what `run` with these arguments trains.
+
+    Raises ConfigError / CheckpointError / FileNotFoundError for a bad config or a missing run.
+    """
+    if resume:
+        run_dir, overrides = _resolve_resume(config_path, resume, overrides, tasks)
+        spec, cfg = load_run_config(run_dir / CONFIG_FILE, overrides, tasks)
+        return spec, cfg, run_dir
+    if config_path is None:
+        raise ConfigError("--config is required")
+    spec, cfg = load_run_config(config_path, overrides, tasks)
+    return spec, cfg, None
+
+
+def run(config_path: str | Path | None, overrides: Sequence[str] = (), resume: str | bool = False,
+        extra_callbacks: Sequence[L.Callback] = (), tasks: TaskTable = SUPERNET_TASKS) -> int:
+    """Train; returns the process exit status (see the module docstring).
+
+    `tasks`: the task table the config's `task:` is looked up in; `extra_callbacks`: for tests.
+    """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
     try:
-        if resume:
-            run_dir, overrides = _resolve_resume(config_path, resume, overrides)
-            spec, cfg = load_run_config(run_dir / CONFIG_FILE, overrides)
-            ckpt_path: str | None = str(resume_checkpoint(run_dir))
-        else:
-            if config_path is None:
-                raise ConfigError("--config is required")
-            spec, cfg = load_run_config(config_path, overrides)
-            run_dir, ckpt_path = None, None
+        spec, cfg, run_dir = resolve_run_config(config_path, overrides, resume, tasks)
+        ckpt_path = str(resume_checkpoint(run_dir)) if run_dir is not None else None
         derived = derive(cfg.trainer, cfg.data.batch_size)
         # Build the module before creating anything on disk: bad checkpoints fail here with nothing written.
         L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -422,7 +235,7 @@ def run(config_path: str | None, overrides: Sequence[str] = (), resume: str | bo
         elif overrides and rank_zero:
             (run_dir / f"config.resume-{len(list(run_dir.glob('config.resume-*.yaml')))}.yaml").write_text(
                 to_yaml(cfg))
-        datamodule = RunDataModule(cfg.data)
+        datamodule = ImageNetDataModule(cfg.data)
         trainer = build_trainer(cfg, spec, run_dir, derived, extra_callbacks)
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
         log.error("%s", err)
@@ -484,14 +297,3 @@ def _claim_run_dir(cfg: Any) -> Path:
     (run_dir / CONFIG_FILE).write_text(to_yaml(cfg))
     os.environ["VARIANTTRAIN_RUN_DIR"] = str(run_dir)  # inherited by the ranks Lightning's launcher starts
     return run_dir
-
-
-def config_to_dict(cfg: Any) -> dict:
-    """Plain-dict form of a run config (for checkpoints and exports)."""
-    return to_dict(cfg)
-
-
-def config_from_dict(data: dict) -> Any:
-    """Typed run config from the dict saved in a checkpoint (`checkpoint['varianttrain']['config']`)."""
-    task = data.get("task", "supernet")
-    return from_dict(TASKS[task].config_cls(), data, where="checkpoint config")

@@ -9,15 +9,10 @@ import torch
 from conftest import FixedBatch, loss_recorder, quiet_cpu_trainer
 from torch.utils.data import DataLoader
 
-from varianttrain.checkpoints import CheckpointError
+from varianttrain.checkpoints import CheckpointError, load_demo_extractor
 from varianttrain.config_io import ConfigError, from_dict, to_dict
-from varianttrain.training.classifier_module import (
-    ClassifierModule,
-    ClassifierTaskConfig,
-    DemoFeatureExtractor,
-    build_classifier_module,
-    load_demo_extractor,
-)
+from varianttrain.demo.classifier_task import ClassifierModule, ClassifierTaskConfig, build_classifier_module
+from varianttrain.models.demo_classifier import DemoFeatureExtractor
 
 NUM_CLASSES = 4
 # Augmentation off for the overfitting check (tested separately): a fixed batch must be memorised quickly.

@@ -10,16 +10,15 @@ import torch
 from conftest import FixedBatch, loss_recorder, quiet_cpu_trainer
 from torch.utils.data import DataLoader
 
-from varianttrain.checkpoints import CheckpointError, load_vqvae_weights
+from varianttrain.checkpoints import CheckpointError, load_exported_vqvae, load_vqvae_weights
 from varianttrain.config_io import ConfigError, from_dict, to_dict
-from varianttrain.models.vqvae import VQVAE
-from varianttrain.training.tokenizer_module import (
+from varianttrain.demo.tokenizer_task import (
     TokenizerModule,
     TokenizerTaskConfig,
     build_tokenizer_module,
-    load_exported_vqvae,
     reconstruction_psnr,
 )
+from varianttrain.models.vqvae import VQVAE
 
 TINY = {"vocab_size": 32, "z_channels": 8, "ch": 32, "patch_nums": [1, 2, 3, 4], "lr": 1e-3, "warmup_steps": 0,
         "restart_every": 10, "grid_images": 4}

@@ -1,4 +1,4 @@
-"""Training task `tokenizer`: the multi-scale residual VQVAE (VAR's tokenizer) trained from scratch.
+"""Demo training task `tokenizer`: the multi-scale residual VQVAE (VAR's tokenizer) trained from scratch.
 
 Used for the built-in demo (a small VQVAE on the 64 x 64 shapes dataset, docs/DEMO_MODELS.md); the released 256 px
 tokenizer is never retrained. The objective is reconstruction + the quantiser's own vq loss (VAR_NOTES 1.9):
@@ -25,7 +25,6 @@ K scales, N query rows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,21 +35,18 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
-from varianttrain.config_io import ensure_config, from_dict, to_dict
+from varianttrain.checkpoints import save_vqvae_export
+from varianttrain.config_io import ensure_config, to_dict
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
 from varianttrain.training.optim import adamw_warmup_cosine, check_adamw_settings
 
 __all__ = [
-    "EXPORT_FORMAT",
     "TokenizerModule",
     "TokenizerTaskConfig",
     "build_tokenizer_module",
-    "load_exported_vqvae",
     "reconstruction_psnr",
 ]
 
-EXPORT_FORMAT = "varianttrain-vqvae"  # "format" entry of the JSON written next to an exported VQVAE
-EXPORT_FORMAT_VERSION = 1
 _RESERVOIR_ROWS = 16384  # at most this many latest-batch queries are kept as restart candidates
 
 
@@ -176,7 +172,8 @@ class TokenizerModule(L.LightningModule):
         side = self.task_cfg.image_size
         if tuple(img_B3HW.shape[-2:]) != (side, side):
             raise ValueError(f"the tokenizer with patch_nums {self.task_cfg.patch_nums} needs {side} x {side} images "
-                             f"(downsample * patch_nums[-1]); got {tuple(img_B3HW.shape[-2:])}: set data.resolution={side}")
+                             f"(downsample * patch_nums[-1]); got {tuple(img_B3HW.shape[-2:])}: "
+                             f"set data.resolution={side}")
         f_BChw = self.vqvae.encode_latent(img_B3HW)
         f_hat_BChw, vq_loss, usage_K = self.vqvae.quantize(f_BChw)
         recon_B3HW = self.vqvae.decoder(self.vqvae.post_quant_conv(f_hat_BChw))
@@ -342,56 +339,17 @@ class TokenizerModule(L.LightningModule):
     def export_vqvae(self, path: str | Path) -> tuple[Path, Path]:
         """Write the VQVAE as a bare state dict (the layout of `vae_ch160v4096z32.pth`) plus `<path>.json`.
 
-        The JSON holds the `VQVAEConfig` needed to rebuild the model (`load_exported_vqvae`), the image size and
-        the training step. Returns (state-dict path, JSON path).
+        The JSON holds the `VQVAEConfig` needed to rebuild the model (`varianttrain.checkpoints.load_exported_vqvae`),
+        the image size, the training step and the task config. Returns (state-dict path, JSON path).
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.vqvae.state_dict().items()}
-        torch.save(state, path)
-        vq_cfg = self.task_cfg.vqvae_config()
-        meta = {
-            "format": EXPORT_FORMAT,
-            "format_version": EXPORT_FORMAT_VERSION,
-            "vqvae_config": to_dict(vq_cfg),
-            "image_size": vq_cfg.image_size,
-            "global_step": int(self.global_step) if self._trainer is not None else 0,
-            "task_config": to_dict(self.task_cfg),
-        }
-        json_path = path.with_suffix(".json")
-        json_path.write_text(json.dumps(meta, indent=2) + "\n")
-        return path, json_path
+        return save_vqvae_export(path, state, self.task_cfg.vqvae_config(),
+                                 global_step=int(self.global_step) if self._trainer is not None else 0,
+                                 task_config=to_dict(self.task_cfg))
 
     def export(self, out_dir: str | Path) -> list[Path]:
         """Runner contract: write `<out_dir>/vqvae.pth` and `<out_dir>/vqvae.json`; return both paths."""
         return list(self.export_vqvae(Path(out_dir) / "vqvae.pth"))
-
-
-def load_exported_vqvae(path: str | Path, device: str | torch.device = "cpu") -> VQVAE:
-    """Rebuild a VQVAE written by `TokenizerModule.export_vqvae` (weights + the JSON next to them), frozen.
-
-    Raises:
-        FileNotFoundError: the state dict or its JSON is missing.
-        varianttrain.checkpoints.CheckpointError: the files are unreadable or do not fit together.
-    """
-    from varianttrain.checkpoints import CheckpointError, load_vqvae_weights
-
-    path = Path(path)
-    json_path = path.with_suffix(".json")
-    for p, what in ((path, "VQVAE state dict"), (json_path, "VQVAE config JSON")):
-        if not p.is_file():
-            raise FileNotFoundError(f"{what} {p} does not exist: train the `tokenizer` task and export it "
-                                    "(TokenizerModule.export writes vqvae.pth and vqvae.json; docs/DEMO_MODELS.md)")
-    try:
-        meta = json.loads(json_path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{json_path} is not a readable JSON file: {err}") from err
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT or "vqvae_config" not in meta:
-        raise CheckpointError(f"{json_path} is not a VQVAE export description (expected format {EXPORT_FORMAT!r})")
-    vq_cfg = from_dict(VQVAEConfig, meta["vqvae_config"], where=str(json_path))
-    vqvae = VQVAE(vq_cfg)
-    load_vqvae_weights(vqvae, path)
-    return vqvae.to(device).freeze()
 
 
 def build_tokenizer_module(task_cfg: TokenizerTaskConfig | Mapping[str, Any]) -> TokenizerModule:

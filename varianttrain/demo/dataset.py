@@ -1,6 +1,6 @@
 """Built-in demo dataset: 10 procedurally drawn, class-conditional shape classes (no download, seconds on a CPU).
 
-    python -m varianttrain.data.demo_dataset --out data/demo --resolution 64 --per-class 500
+    python -m varianttrain.demo.dataset --out data/demo --resolution 64 --per-class 500
 
 Each class is one shape kind with its own colour palette and texture (red circles, orange striped squares,
 ...); every image draws position, scale, rotation, colour jitter, a two-colour background gradient and pixel
@@ -40,6 +40,7 @@ from PIL import Image
 
 from varianttrain.data.config import DataConfig
 from varianttrain.data.shards import write_tar_shards
+from varianttrain.demo import DEMO_DATA
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def _reusable(out: Path, params: dict) -> dict | None:
 
 
 def generate_demo_dataset(
-    out_dir: str | Path = "data/demo",
+    out_dir: str | Path = DEMO_DATA,
     resolution: int = 64,
     per_class: int = 500,
     per_class_val: int = 50,
@@ -286,7 +287,7 @@ def generate_demo_dataset(
     return manifest
 
 
-def demo_data_config(out_dir: str | Path = "data/demo", fmt: str = "webdataset", **overrides) -> DataConfig:
+def demo_data_config(out_dir: str | Path = DEMO_DATA, fmt: str = "webdataset", **overrides) -> DataConfig:
     """A DataConfig reading the demo dataset generated in `out_dir` (its shards, or with fmt='imagefolder' its tree).
 
     `overrides` replace any DataConfig field (batch_size, num_workers, ...).
@@ -294,7 +295,7 @@ def demo_data_config(out_dir: str | Path = "data/demo", fmt: str = "webdataset",
     out = Path(out_dir)
     if not (out / MANIFEST).is_file():
         raise FileNotFoundError(
-            f"{out / MANIFEST} not found; run: python -m varianttrain.data.demo_dataset --out {out}"
+            f"{out / MANIFEST} not found; run: python -m varianttrain.demo.dataset --out {out}"
         )
     manifest = json.loads((out / MANIFEST).read_text())
     has_val = manifest["counts"].get("val", 0) > 0
@@ -315,7 +316,7 @@ def demo_data_config(out_dir: str | Path = "data/demo", fmt: str = "webdataset",
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="data/demo", help="output directory (default data/demo)")
+    parser.add_argument("--out", default=str(DEMO_DATA), help="output directory (default: the repository's data/demo)")
     parser.add_argument("--resolution", type=int, default=64, help="image side in pixels (64; 128 also supported)")
     parser.add_argument("--per-class", type=int, default=500, help="train images per class")
     parser.add_argument("--per-class-val", type=int, default=50, help="validation images per class")

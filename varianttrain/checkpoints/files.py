@@ -1,0 +1,82 @@
+"""What every weight reader shares: reading a file, the error type, unwrapping prefixes, describing a mismatch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DOCS_HINT = "see checkpoints/README.md for the expected files and where to get them"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_forward_module.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+def read_file(path: str | Path) -> Any:
+    """Load a .pth/.ckpt (weights only, on CPU) or .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist ({DOCS_HINT})")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to the user
+        raise CheckpointError(f"could not read {path} as a PyTorch or safetensors checkpoint: {err}") from err
+
+
+def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without the prefixes DDP (`module.`), torch.compile (`_orig_mod.`) and Lightning/FSDP add."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def sub_state(state: Mapping[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under `prefix`, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def looks_like_var(state: Mapping[str, Any]) -> bool:
+    return "pos_1LC" in state and "class_emb.weight" in state
+
+
+def looks_like_vqvae(state: Mapping[str, Any]) -> bool:
+    return any(k.startswith("encoder.") for k in state) and "quantize.embedding.weight" in state
+
+
+def describe_unknown(obj: Any) -> str:
+    """A short description of an object that is not what a reader expected."""
+    if isinstance(obj, Mapping):
+        keys = list(obj)[:8]
+        return f"a mapping with keys {keys}{' ...' if len(obj) > 8 else ''}"
+    return f"an object of type {type(obj).__name__}"
+
+
+def mismatch_report(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """Missing keys, unexpected keys and shape mismatches of `state` against `model` (empty when it fits)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                   for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    lines = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
+        if items:
+            shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
+            lines.append(f"  {title}: {shown}")
+    return "\n".join(lines)
