@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from conftest import manifest
 
 from varianttrain.models.var import VAR, VARConfig
 
 
 @pytest.mark.parametrize("depth, keys_file", [(16, "var_d16_keys.json"), (30, "var_d30_keys.json")])
-def test_released_layout(reference_dir, depth, keys_file):
-    spec = json.loads((reference_dir / "var" / keys_file).read_text())
+def test_released_layout(depth, keys_file):
+    spec = manifest(keys_file)
     with torch.device("meta"):
         var = VAR(VARConfig.for_depth(depth))
     state = var.state_dict()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import manifest
 
 from varianttrain.models import quant
 from varianttrain.models.quant import MultiScaleResidualQuantizer, phi_index
@@ -22,8 +21,8 @@ def _tiny(**overrides) -> VQVAE:
     return VQVAE(VQVAEConfig(**fields))
 
 
-def test_released_keys_shapes_dtypes_in_order(reference_dir) -> None:
-    ref = json.loads((reference_dir / "var" / "vae_keys.json").read_text())
+def test_released_keys_shapes_dtypes_in_order() -> None:
+    ref = manifest("vae_keys.json")
     with torch.device("meta"):
         model = VQVAE(VQVAEConfig.released())
     got = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
