@@ -148,6 +148,6 @@ def test_bad_inputs_fail_fast_and_touch_nothing(tmp_path, capsys, case):
                                                                   "model.var_checkpoint": str(wrong)}))
         expect = "depth 2 vs 4"
     assert code == EXIT_BAD_INPUT
-    assert expect in capsys.readouterr().out
+    assert expect in capsys.readouterr().err  # errors go to stderr
     assert _tree(tmp_path) == before, "a failed start must not create or modify files"
     assert os.environ.get("VARIANTTRAIN_RUN_DIR") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,19 +18,50 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not fit the model it is loaded into."""
 
 
-def read_file(path: str | Path) -> Any:
-    """Load a .pth/.ckpt (weights only, on CPU) or .safetensors file."""
+def read_file(path: str | Path, mmap: bool = False) -> Any:
+    """Load a .pth/.ckpt (weights only, on CPU) or .safetensors file.
+
+    `mmap`: map the tensors of a zip-format file instead of reading them (reading the architecture off an 8 GB
+    checkpoint then costs milliseconds and almost no memory; tensors are read from disk when first used).
+    Weights-only loading is explicit, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist ({DOCS_HINT})")
+        hint = _fetch_hint(path)
+        raise CheckpointError(f"checkpoint file {path} does not exist ("
+                              + (f"fetch it with `{hint}`)" if hint else f"{DOCS_HINT})"))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as err:
+            if mmap and "mmap" in str(err):  # a legacy (non-zip) file cannot be mapped: read it
+                return torch.load(path, map_location="cpu", weights_only=True)
+            raise
+    except pickle.UnpicklingError as err:
+        # torch's own message recommends weights_only=False, i.e. running whatever the file contains: never.
+        found = str(err).split("Unsupported global: ")[-1].split("\n")[0][:120] if "Unsupported global" in str(err) \
+            else "objects other than tensors and plain containers"
+        raise CheckpointError(f"{path} is not a weights file: it holds Python objects ({found}) that only "
+                              "unpickling code could rebuild, and loading such a file can run arbitrary code. "
+                              "varianttrain reads tensors only; export the weights as a plain state dict.") from None
     except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise CheckpointError(f"could not read {path} as a PyTorch or safetensors checkpoint: {err}") from err
+        raise CheckpointError(f"could not read {path} as a PyTorch or safetensors checkpoint: "
+                              f"{_first_line(err)}") from err
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__
+
+
+def _fetch_hint(path: Path) -> str:
+    from varianttrain.download import fetch_hint
+
+    return fetch_hint(path)
 
 
 def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -45,6 +45,11 @@ class SelfAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
 
+    @torch.no_grad()
+    def reset_constant_buffers(self) -> None:
+        """The key bias is a constant zero (after building without initialisation)."""
+        self.zero_k_bias.zero_()
+
     def forward(self, x_BlC: torch.Tensor, attn_mask: torch.Tensor | None = None, cache: KVCache | None = None,
                 valid_Bl: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over `x_BlC` (plus the cached keys of earlier scales when `cache` is given).

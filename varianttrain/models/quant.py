@@ -144,6 +144,11 @@ class MultiScaleResidualQuantizer(nn.Module):
         # Number of EMA updates so far; not checkpointed (official `record_hit` is a plain attribute too).
         self.record_hit = 0
 
+    @torch.no_grad()
+    def reset_constant_buffers(self) -> None:
+        """Codebook usage counters start at zero (after building without initialisation)."""
+        self.ema_vocab_hit_SV.zero_()
+
     # ------------------------------------------------------------------------------------------------ helpers
     @property
     def num_scales(self) -> int:

@@ -103,11 +103,9 @@ class VAR(nn.Module):
             trunc_normal_(pe, std=init_std)
             pos.append(pe)
         self.pos_1LC = nn.Parameter(torch.cat(pos, dim=1))
-        lvl_1L = torch.cat([torch.full((pn * pn,), k) for k, pn in enumerate(self.patch_nums)]).view(1, self.L)
+        lvl_1L, attn_bias, allowed_LL = self._constant_buffers()
         self.register_buffer("lvl_1L", lvl_1L)
-        allowed_LL = lvl_1L[0][None, :] <= lvl_1L[0][:, None]  # query i may see key j iff scale(j) <= scale(i)
-        attn_bias = torch.where(allowed_LL, 0.0, float("-inf")).reshape(1, 1, self.L, self.L)
-        self.register_buffer("attn_bias_for_masking", attn_bias.contiguous())
+        self.register_buffer("attn_bias_for_masking", attn_bias)
         # The bool form is what SDPA consumes (dtype-agnostic under autocast); not part of the state dict.
         self.register_buffer("allowed_LL", allowed_LL, persistent=False)
 
@@ -128,6 +126,20 @@ class VAR(nn.Module):
         self.head = nn.Linear(self.C, self.V)
 
     # ------------------------------------------------------------------ initialisation
+    def _constant_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lvl_1L scale id of every token, the additive block-causal mask, its bool form) for this pyramid."""
+        lvl_1L = torch.cat([torch.full((pn * pn,), k) for k, pn in enumerate(self.patch_nums)]).view(1, self.L)
+        allowed_LL = lvl_1L[0][None, :] <= lvl_1L[0][:, None]  # query i may see key j iff scale(j) <= scale(i)
+        attn_bias = torch.where(allowed_LL, 0.0, float("-inf")).reshape(1, 1, self.L, self.L).contiguous()
+        return lvl_1L, attn_bias, allowed_LL
+
+    @torch.no_grad()
+    def reset_constant_buffers(self) -> None:
+        """Recompute the buffers that are functions of the pyramid (after building without initialisation)."""
+        for name, value in zip(("lvl_1L", "attn_bias_for_masking", "allowed_LL"), self._constant_buffers(),
+                               strict=True):
+            getattr(self, name).copy_(value)
+
     @torch.no_grad()
     def init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
                      init_std: float = -1.0) -> None:

@@ -229,6 +229,9 @@ class RunDirConfig:
     name: str = "supernet_d30"
 
 
+ValidationWeights = Literal["ema", "raw", "both"]
+
+
 @dataclass(frozen=True)
 class ValidationConfig:
     """Held-out loss/accuracy for the full network and every subnet, plus a sample grid per depth."""
@@ -240,6 +243,9 @@ class ValidationConfig:
     sample_seed: int = 0
     sampling_protocol: SamplingProtocol = "code"  # 'official' (top-k 900) or 'code' (CoDe/VARiant: top-k 600, T 1.1)
     sample_every_n_validations: int = 1  # sample grids are slow on big models; 0 = never
+    # Which weights validation losses and sample grids report: 'ema' (what an --ema export ships), 'raw', or
+    # 'both' (EMA under val/..., raw under val_raw/...); None = 'ema' when ema.enabled, else 'raw'.
+    weights: ValidationWeights | None = None
 
     def __post_init__(self) -> None:
         if self.every_n_steps < 0 or self.num_batches < 0:
@@ -268,6 +274,9 @@ class SupernetRunConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
+        if self.validation.weights in ("ema", "both") and not self.ema.enabled:
+            raise ValueError(f"validation.weights={self.validation.weights!r} needs EMA weights, but ema.enabled is "
+                             "false; enable the EMA or validate the raw weights (validation.weights: raw)")
         depth = self.model.depth
         too_deep = [d for d in self.supernet.depth_choices if d > depth]
         if too_deep:
