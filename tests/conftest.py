@@ -14,7 +14,7 @@ REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 
 
 def golden_path() -> Path:
-    """The golden file: $VARIANTTRAIN_GOLDEN when set, else the official-code vectors in shared/reference."""
+    """The golden file: $VARIANTTRAIN_GOLDEN when set, else the official-code vectors (docs/REFERENCES.md)."""
     return Path(os.environ.get("VARIANTTRAIN_GOLDEN", REFERENCE_DIR / "var" / "golden_small.pt"))
 
 
@@ -27,7 +27,7 @@ def reference_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def golden() -> dict:
-    """The golden vectors (format: shared/reference/var/GOLDEN.md). Missing file = failure, never a skip."""
+    """The golden vectors (docs/REFERENCES.md#golden-vectors). Missing file = failure, never a skip."""
     path = golden_path()
     if not path.is_file():
         pytest.fail(f"golden file {path} not found; set VARIANTTRAIN_GOLDEN or place shared/ next to the repo")

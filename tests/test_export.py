@@ -23,7 +23,7 @@ def trained_ckpt(tmp_path_factory):
 
 
 def _official_order(reference_dir, depth: int) -> list[str]:
-    """The official key order for `depth` blocks, from the released d16 key list (VAR_NOTES §3.8)."""
+    """The official key order for `depth` blocks, from the released d16 key list (docs/REFERENCES.md B13)."""
     keys = list(json.loads((reference_dir / "var" / "var_d16_keys.json").read_text())["keys"])
     head = [k for k in keys[: keys.index("blocks.0.attn.scale_mul_1H11")]]
     block = [k[len("blocks.0."):] for k in keys if k.startswith("blocks.0.")]
