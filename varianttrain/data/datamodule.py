@@ -133,7 +133,7 @@ class ImageNetDataModule(L.LightningDataModule):
         """(global rank, world size): explicit constructor values, else the trainer's, else torch.distributed's.
 
         The trainer is preferred over the environment: with spawn-started workers the env/torch.distributed
-        lookup inside workers silently duplicates data (WEBDATASET.md s3).
+        lookup inside workers silently duplicates data (docs/REFERENCES.md L6).
         """
         if self._rank is not None and self._world_size is not None:
             return self._rank, self._world_size

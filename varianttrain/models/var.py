@@ -3,10 +3,12 @@
 Tensor names carry their layout as a suffix: B batch, L all tokens, l tokens of one scale, C width,
 D condition width, V vocabulary, Cv VQ channels, h/w spatial size of one scale (`x_BLC`, `logits_BLV`, `idx_Bl`).
 
-State-dict keys, shapes, initialisation and numerics follow the official release (VAR_NOTES.md §3); which blocks
-run for which tokens is decided by a `DepthPlan` (see depth_plan.py) passed to `forward` and to `forward_scale`.
+State-dict keys, shapes, initialisation and numerics follow the official release (FoundationVision/VAR
+`models/var.py`, docs/REFERENCES.md B1-B17); which blocks run for which tokens is decided by a `DepthPlan` (see
+depth_plan.py) passed to `forward` and to `forward_scale`.
 Deliberate differences from the official module (none changes a parameter or a full-depth output):
-* label dropout happens only in training mode (the official code also drops 10 % of labels in eval, quirk 3);
+* label dropout happens only in training mode (the official code also drops 10 % of labels in eval,
+  docs/REFERENCES.md B3);
 * no process-wide init patching, no generator created at construction, no VQVAE held inside the module.
 """
 
@@ -55,7 +57,7 @@ class VARConfig:
 
     @classmethod
     def for_depth(cls, depth: int, **overrides) -> VARConfig:
-        """The official family: C = 64 depth, heads = depth, drop-path 0.1 depth / 24 (VAR_NOTES §3.1)."""
+        """The official family: C = 64 depth, heads = depth, drop-path 0.1 depth / 24 ([VAR §4]; REFERENCES.md B15)."""
         base = dict(depth=depth, embed_dim=64 * depth, num_heads=depth, drop_path_rate=0.1 * depth / 24)
         base.update(overrides)
         return cls(**base)
@@ -143,7 +145,7 @@ class VAR(nn.Module):
     @torch.no_grad()
     def init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
                      init_std: float = -1.0) -> None:
-        """The official initialisation (VAR_NOTES §3.6): truncated normals, damped gammas, scaled projections."""
+        """The official initialisation: truncated normals, damped gammas, scaled projections (REFERENCES.md B15)."""
         std = (1 / self.C / 3) ** 0.5 if init_std < 0 else init_std
         for m in self.modules():
             if isinstance(m, nn.Linear):

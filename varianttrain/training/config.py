@@ -38,7 +38,7 @@ class ModelConfig:
     drop_path_rate: float | None = None  # rate of the last block; None = official 0.1 * depth / 24
     cond_drop_rate: float = 0.1  # label dropout for classifier-free guidance
     # 'pretrained': the released var_d30.pth; 'checkpoint': any project checkpoint/export (init_from_ema picks its
-    # EMA weights); 'scratch': VAR.init_weights with the official init (VAR_NOTES §3.6).
+    # EMA weights); 'scratch': VAR.init_weights with the official init (docs/REFERENCES.md B15).
     init: InitMode = "pretrained"
     var_checkpoint: str | None = "checkpoints/var_d30.pth"
     init_from_ema: bool = False  # init 'checkpoint' only: take the EMA weights of a training checkpoint
@@ -86,7 +86,7 @@ class PretrainModelConfig(ModelConfig):
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """How the subnet probability p evolves (VARiant's dynamic ratio; ANCHORS.md §2.1).
+    """How the subnet probability p evolves (VARiant's dynamic ratio, [VARiant]).
 
     Phase 3 (p = p_end) has no length of its own: it runs from phase1 + phase2 until training stops, so its length
     is the training length (trainer.max_epochs or trainer.max_steps) minus phase1 + phase2. One number, one place.
@@ -136,7 +136,7 @@ class SupernetConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with VAR's parameter groups (VAR_NOTES §5); defaults are VARiant's fine-tuning settings."""
+    """AdamW with VAR's parameter groups (docs/REFERENCES.md B18); defaults are VARiant's fine-tuning settings."""
 
     lr: float = 1e-6  # peak learning rate (VARiant: 1e-6 at global batch 1024; not rescaled by batch size)
     betas: tuple[float, float] = (0.9, 0.95)
@@ -178,7 +178,7 @@ class FSDPConfig:
 
     sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = "FULL_SHARD"
     state_dict_type: Literal["full", "sharded"] = "full"  # full = one .ckpt file (gathered on rank 0)
-    fp32_params: bool = True  # keep fp32 params/reductions inside autocast (LIGHTNING.md §c: VAR's fp32 islands)
+    fp32_params: bool = True  # keep fp32 params/reductions inside autocast (VAR's fp32 islands, docs/REFERENCES.md B17)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """`SupernetModule`: VARiant elastic-depth fine-tuning (and from-scratch pre-training) of VAR as a LightningModule.
 
-One optimizer step trains either the full network or one subnet d (ANCHORS.md §2.1): scales < N (the bridge zone)
-run every block, later scales (the flexible zone) only the blocks `layer_subset(D, d, rule, choices)`. Which one is
-decided by `ProgressiveSubnetSchedule` (callbacks.py) from (seed, global_step) and handed over through
+One optimizer step trains either the full network or one subnet d ([VARiant], docs/REFERENCES.md): scales < N (the
+bridge zone) run every block, later scales (the flexible zone) only the blocks `layer_subset(D, d, rule, choices)`.
+Which one is decided by `ProgressiveSubnetSchedule` (callbacks.py) from (seed, global_step) and handed over through
 `set_active_subnet`; the module itself never draws random numbers for it.
 
-Loss: `varianttrain.losses.var_loss`, the official token-mean cross-entropy (every token weighted 1/L, VAR_NOTES
-§5). The VQVAE is frozen and tokenises images on the fly, or the batch already holds token indices (pre-tokenised
-data, `data.format: indices`).
+Loss: `varianttrain.losses.var_loss`, the official token-mean cross-entropy (every token weighted 1/L,
+docs/REFERENCES.md B16). The VQVAE is frozen and tokenises images on the fly, or the batch already holds token indices
+(pre-tokenised data, `data.format: indices`).
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def _strategy(cfg: Any, uses_subnets: bool):
         if find_unused is None:
             # With a bridge zone every block runs on the bridge prefix, so every parameter gets a gradient.
             find_unused = uses_subnets and getattr(cfg.supernet, "bridge_scales", 1) == 0
-        start = os.environ.get("VARIANTTRAIN_DDP_START_METHOD", "popen")  # tests use 'fork' (LIGHTNING.md §b)
+        start = os.environ.get("VARIANTTRAIN_DDP_START_METHOD", "popen")  # tests use 'fork' (docs/REFERENCES.md L2)
         return DDPStrategy(find_unused_parameters=find_unused, start_method=start, gradient_as_bucket_view=True)
     return "auto"
 
