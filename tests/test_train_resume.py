@@ -57,14 +57,17 @@ def test_pruning_keeps_the_newest_and_last_points_at_it(tmp_path):
 
 
 def _damage(path: Path) -> None:
-    """Damage a checkpoint inside while keeping it a valid zip: its first tensor record loses its second half."""
-    with zipfile.ZipFile(path) as src:
-        items = [(info, src.read(info)) for info in src.infolist()]
-    record = next(info.filename for info, data in items if "/data/" in info.filename and len(data) > 64)
-    with zipfile.ZipFile(path, "w") as dst:
-        for info, data in items:
-            dst.writestr(info, data[: len(data) // 2] if info.filename == record else data)
+    """Damage a checkpoint inside while it stays a valid zip (and torch.load still reads it): bytes of a tensor
+    record change, as on a failing disk."""
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data = bytearray(path.read_bytes())
+    middle = offset + info.file_size // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    path.write_bytes(bytes(data))
     assert zipfile.is_zipfile(path)
+    torch.load(path, weights_only=True)  # torch alone would load the damaged weights without a word
 
 
 def test_damaged_newest_checkpoint_falls_back_and_loses_nothing(tmp_path, capsys):
