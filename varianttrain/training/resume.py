@@ -4,9 +4,9 @@ Candidates are the run's checkpoint files (the step pool and `on_exception.ckpt`
 ordered by the optimizer step they hold, newest first. Each is checked record by record against the CRC-32s its zip
 container stores (streamed: a 32 GB file reads in well under a minute and needs little memory), then opened
 weights-only (never running code from the file, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says) with its tensors
-memory-mapped, and accepted when it has the training state and every tensor is readable to its end. A file that fails is renamed
-`<name>.unreadable` (kept for inspection, out of the candidates and of pruning) and the next one is tried; the run
-says which file it resumed from and which it skipped.
+memory-mapped, and accepted when it has the training state and every tensor is readable to its end. A file that
+fails is renamed `<name>.unreadable` (kept for inspection, out of the candidates and of pruning) and the next one
+is tried; the run says which file it resumed from and which it skipped.
 
 A resumed run trains the model it was started with: a `--set` that changes the architecture, the EMA or the
 subnets contradicts the checkpoint and is refused, naming both values.
@@ -20,15 +20,13 @@ import logging
 import os
 import socket
 import time
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from varianttrain.checkpoints import CheckpointError
+from varianttrain.checkpoints.files import read_verified
 from varianttrain.training.checkpointing import CRASH, STEP_FILE
 
 log = logging.getLogger(__name__)
@@ -58,30 +56,10 @@ def _candidates(ckpt_dir: Path) -> list[Path]:
 
 
 def _open(path: Path) -> dict:
-    # Every record's CRC-32 first (streamed, little memory): torch.load itself never checks them, so a damaged
-    # tensor would otherwise load as silently wrong weights.
-    with zipfile.ZipFile(path) as archive:
-        bad = archive.testzip()
-    if bad is not None:
-        raise CheckpointError(f"record {bad} fails its CRC check (the file is damaged)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = read_verified(path)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt or "global_step" not in ckpt:
         raise CheckpointError("not a training checkpoint (no state_dict / global_step)")
-    _touch_tensors(ckpt)
     return ckpt
-
-
-def _touch_tensors(obj: Any) -> None:
-    """Read the last element of every tensor: a truncated record fails here instead of in the middle of a restore."""
-    if isinstance(obj, torch.Tensor):
-        if obj.numel():
-            obj.reshape(-1)[-1].item()
-    elif isinstance(obj, Mapping):
-        for value in obj.values():
-            _touch_tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            _touch_tensors(value)
 
 
 def choose_checkpoint(run_dir: Path, set_aside: bool = True) -> ResumeChoice:
