@@ -1,11 +1,14 @@
-"""Evaluate VAR / VARiant and the accelerators side by side: samples, FID / IS, latency, report.
+"""Evaluate VAR / VARiant and the accelerators side by side: samples, FID / IS with their noise, latency, report.
 
-    python eval.py --config configs/eval_d30.yaml --depth 8 --mode all
-    torchrun --nproc_per_node 8 eval.py --config configs/eval_d30.yaml --depth 8 --mode depthvar
-    python eval.py --config configs/eval_tiny.yaml --set generation.batch_size=4 --no-fid
+    python eval.py --depth 8 --mode depthvar                    # ImageNet 256, the released VAR-d30
+    torchrun --nproc_per_node 8 eval.py --depth 8 --mode all    # + the VARiant supernet and CoDe's refiner
+    python eval.py --config demo/eval.yaml --supernet runs/demo/000/export/var_d8.pth --depth 4 --mode all
+    python eval.py --print-config --depth 8                     # the resolved config, nothing run
 
-Flags are shorthands for config keys (shown in --help); ``--set key=value`` sets any key and is applied last.
-See docs/EVALUATION.md.
+Without --config the ImageNet-256 VAR-d30 defaults are used (configs/eval_d30.yaml); a --config that is not a path
+is looked up in configs/. Flags are shorthands for config keys (shown in --help); ``--set key=value`` sets any key
+and is applied last. A run writes into <out>/<budget> (runs/eval/d8/...). Exit status: 0 done, 2 a bad config or
+input (reported before anything is built or written). See docs/EVALUATION.md.
 """
 
 from __future__ import annotations
@@ -13,39 +16,87 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "eval_d30.yaml"
 
 # (flag, config key, type, help)
 FLAGS = [
-    ("--depth", "budget.depth", int, "compute budget: a VARiant subnet of this many blocks (default: full depth)"),
-    ("--mode", "methods", str, "method name, comma list, or 'all'"),
+    ("--depth", "budget.depth", int, "compute budget: the FLOPs of a VARiant subnet of this many blocks "
+                                      "(default: full depth)"),
+    ("--mode", "methods", str, "method name, comma list, or 'all' (the methods are listed below)"),
+    ("--base", "model.base", str, "the released VAR the training-free methods and CoDe's drafter run on "
+                                  "(var_d30.pth)"),
+    ("--supernet", "model.supernet", str, "the VARiant supernet `variant` runs on (an export or a training .ckpt)"),
+    ("--refiner", "model.refiner", str, "CoDe's refiner (var_d16.pth)"),
+    ("--vqvae", "model.vqvae", str, "VQVAE checkpoint (vae_ch160v4096z32.pth)"),
+    ("--protocol", "sampling.protocol", str, "sampling protocol (listed below)"),
     ("--reference-scale", "budget.reference_scale", int, "DepthVAR's R override (last full-depth scale)"),
     ("--inception-weights", "metrics.inception_weights", str, "weights-inception-2015-12-05-6726825d.pth"),
     ("--ref-stats", "metrics.ref_stats", str, "VIRTUAL_imagenet256_labeled.npz (or any npz with mu, sigma)"),
     ("--samples-per-class", "generation.samples_per_class", int, "default 50"),
-    ("--num-classes", "generation.num_classes", int, "first N classes (default: all of the model's)"),
-    ("--out", "out_dir", str, "output folder (samples, results, report)"),
-    ("--var", "model.var", str, "VAR checkpoint or export"),
-    ("--vqvae", "model.vqvae", str, "VQVAE checkpoint (vae_ch160v4096z32.pth)"),
-    ("--protocol", "sampling.protocol", str, "official (top-k 900) or code (CoDe / VARiant: top-k 600, T 1.1)"),
+    ("--num-classes", "generation.num_classes", int, "the first N classes (default: all of the model's)"),
+    ("--out", "out_dir", str, "output root; the run writes into <out>/d<depth> (or <out>/full)"),
 ]
 
 
+def resolve_config(name: str | None) -> Path:
+    """The config file: the d30 defaults without --config; a name that is not a path is looked up in configs/."""
+    if name is None:
+        return DEFAULT_CONFIG
+    path = Path(name)
+    if not path.exists() and not path.is_absolute() and (CONFIG_DIR / path).is_file():
+        return CONFIG_DIR / path
+    return path  # a missing file is reported by the config reader, with its name
+
+
+def epilog() -> str:
+    """Methods, protocols and presets for --help."""
+    from varianttrain.methods.registry import available_methods, get_method
+    from varianttrain.sampling.config import SamplingConfig
+
+    lines = ["methods (--mode; 'all' = every method whose inputs are configured):"]
+    for name in available_methods():
+        spec = get_method(name)
+        runs = f"model.{spec.runs_on}" + "".join(f" + model.{n}" for n in spec.needs)
+        lines.append(f"  {name:10s} [{runs}] {spec.help.split('; ')[0]}")
+    lines.append("protocols (--protocol):")
+    for name in ("official", "code"):
+        s = SamplingConfig.preset(name)
+        lines.append(f"  {name:10s} cfg {s.cfg}, top-k {s.top_k}, top-p {s.top_p}, temperature {list(s.temperature)}")
+    lines.append("presets (--config NAME, looked up in configs/):")
+    for path in sorted(CONFIG_DIR.glob("eval*.yaml")) + sorted(CONFIG_DIR.glob("*/eval*.yaml")):
+        first = path.read_text().splitlines()[0].lstrip("# ")
+        lines.append(f"  {str(path.relative_to(CONFIG_DIR)):18s} {first}")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (varianttrain.evaluation.config.EvalConfig)")
+    wants_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=epilog() if wants_help else None)
+    parser.add_argument("--config", help="YAML config (varianttrain.evaluation.config.EvalConfig); default: "
+                                         "configs/eval_d30.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     for flag, key, typ, text in FLAGS:
         parser.add_argument(flag, type=typ, default=None, help=f"{text} [{key}]")
     parser.add_argument("--cost-only", action="store_true", help="timing only: no samples, no metrics [cost_only]")
     parser.add_argument("--no-fid", action="store_true", help="samples and timing, no FID / IS [metrics.enabled]")
     parser.add_argument("--overwrite", action="store_true", help="replace report.* instead of writing report-2.*")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--var", help=argparse.SUPPRESS)  # removed: explained in main()
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from varianttrain.config_io import ConfigError
-    from varianttrain.evaluation.generation import ManifestMismatch
+    if args.var is not None:
+        print("eval.py: error: --var was split into --base (the released VAR: full and the training-free methods) "
+              "and --supernet (a VARiant export or training checkpoint: variant)", file=sys.stderr)
+        return 2
+    from varianttrain.config_io import ConfigError, to_yaml
+    from varianttrain.evaluation.generation import DISK_ERRORS, ManifestMismatch, OutputWriteError
     from varianttrain.evaluation.runner import EvalInputError, build_config, run
 
     overrides = []
@@ -55,11 +106,26 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"{key}={json.dumps([value] if key == 'methods' else value)}")
     overrides += [f"{k}=true" for k, on in (("cost_only", args.cost_only), ("overwrite", args.overwrite)) if on]
     overrides += ["metrics.enabled=false"] if args.no_fid else []
+    config = resolve_config(args.config)
     try:
-        cfg = build_config(args.config, overrides + args.set)
+        cfg = build_config(config, overrides + args.set)
+        print(f"eval.py: config {config}", file=sys.stderr)
+        if args.print_config:
+            print(f"# resolved from {config} and the command line; the run writes into {cfg.run_dir()}")
+            print(to_yaml(cfg), end="")
+            return 0
         run(cfg)
-    except (ConfigError, EvalInputError, FileNotFoundError, ManifestMismatch, KeyError) as err:
+    except (ConfigError, EvalInputError, ManifestMismatch, OutputWriteError, FileNotFoundError) as err:
         print(f"eval.py: error: {err}", file=sys.stderr)
+        return 2
+    except KeyError as err:  # an unknown method name; the message lists the registered ones
+        print(f"eval.py: error: {err.args[0]}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        print(f"eval.py: error: {err.filename or 'output'}: {err.strerror}; free space or choose another --out",
+              file=sys.stderr)
         return 2
     return 0
 
