@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from varianttrain.config_io import ConfigError, to_yaml
     from varianttrain.evaluation.generation import DISK_ERRORS, ManifestMismatch, OutputWriteError
+    from varianttrain.evaluation.images import UnreadableImage
     from varianttrain.evaluation.runner import EvalInputError, build_config, run
 
     overrides = []
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg)
     except (ConfigError, EvalInputError, ManifestMismatch, OutputWriteError, FileNotFoundError) as err:
         print(f"eval.py: error: {err}", file=sys.stderr)
+        return 2
+    except UnreadableImage as err:  # a damaged sample PNG (reference images are skipped and counted instead)
+        print(f"eval.py: error: {err}: delete it and rerun the same command; the run samples it again",
+              file=sys.stderr)
         return 2
     except KeyError as err:  # an unknown method name; the message lists the registered ones
         print(f"eval.py: error: {err.args[0]}", file=sys.stderr)

@@ -167,7 +167,8 @@ def measure_cost(var: VAR, vqvae: torch.nn.Module, method: SamplingMethod, sampl
             model_s=statistics.median(model_t), e2e_s=e2e, model_s_mean=statistics.fmean(model_t),
             e2e_s_mean=statistics.fmean(e2e_t), model_s_min=min(model_t), e2e_s_min=min(e2e_t),
             images_per_s=B / e2e if e2e > 0 else float("inf"), peak_memory_bytes=peak, peak_memory_kind=kind,
-            kv_cache_bytes=int(out.kv_cache_bytes), kv_cache_bytes_by_model=[int(b) for b in out.kv_cache_bytes_by_model],
+            kv_cache_bytes=int(out.kv_cache_bytes),
+            kv_cache_bytes_by_model=[int(b) for b in out.kv_cache_bytes_by_model],
             flops=int(out.flops), flops_per_image=out.flops / B,
             warmup=warmup, repeats=repeats))
     return rows

@@ -173,6 +173,10 @@ def inspect_weights(role: str, path: Path, model_cfg: ModelSection, problems: li
     except CheckpointError as err:
         problems.append(f"{key}: {err}")
         return None
+    except KeyError as err:
+        problems.append(f"{key}: {path} is not a complete VAR state dict (no {err.args[0]!r}); fetch or export it "
+                        "again")
+        return None
     report = _fits(config, state)
     if report:
         problems.append(f"{path} does not fit {config.describe()} (nothing would load):\n{report}")

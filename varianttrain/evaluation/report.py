@@ -246,7 +246,7 @@ def render_markdown(report: dict[str, Any], plot: str | None, plot_note: str, gr
     if per_batch:
         lines += ["", "## Latency per batch size", "",
                   "| row | batch | e2e median (s) | e2e mean (s) | model median (s) | speedup e2e | speedup model | "
-                  "img/s | peak mem | KV by model | memory measured as |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "img/s | peak mem | KV by model | memory measured as |", "|" + "---|" * 11]
         for name, c in per_batch:
             kv = " + ".join(fmt_bytes(b) for b in c.get("kv_cache_bytes_by_model") or [c["kv_cache_bytes"]])
             lines.append(f"| {name} | {c['batch_size']} | {c['e2e_s']:.4f} | {c['e2e_s_mean']:.4f} | "
@@ -257,7 +257,7 @@ def render_markdown(report: dict[str, Any], plot: str | None, plot_note: str, gr
               f"{fmt(report['budget']['flops_per_image'] / 1e9, '.4g')} GFLOPs per image"
               + (f" (from {', '.join(f'{k}: {v}' for k, v in report['budget']['sources'].items())})"
                  if report["budget"].get("sources") else "") + ".", "",
-              "| row | plan | closed-form GFLOPs/img | FLOPs / budget | within budget | how |", "|---|---|---|---|---|---|"]
+              "| row | plan | closed-form GFLOPs/img | FLOPs / budget | within budget | how |", "|" + "---|" * 6]
     for r in rows:
         within = {True: "yes", False: "**no**", None: "reference"}[r.get("budget_reached")]
         lines.append(f"| {r['row']} | {r.get('plan', '–')} | {fmt(r['flops_closed_form_per_image'] / 1e9, '.4g')} | "

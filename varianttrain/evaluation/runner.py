@@ -34,8 +34,13 @@ from varianttrain.checkpoints import CheckpointError, load_demo_extractor, load_
 from varianttrain.config_io import apply_overrides, from_dict, load_config, to_dict
 from varianttrain.evaluation.config import EvalConfig
 from varianttrain.evaluation.cost import measure_cost
-from varianttrain.evaluation.generation import ManifestMismatch, barrier, check_manifest, dist_rank_world, \
-    generate_samples
+from varianttrain.evaluation.generation import (
+    ManifestMismatch,
+    barrier,
+    check_manifest,
+    dist_rank_world,
+    generate_samples,
+)
 from varianttrain.evaluation.images import UnreadableImage, load_image
 from varianttrain.evaluation.inputs import EvalInputError
 from varianttrain.evaluation.preflight import Preflight, preflight
@@ -208,8 +213,7 @@ def load_reference(cfg: EvalConfig, extractor: Callable, device: torch.device, i
                    log: Callable[[str], None]):
     """(reference statistics, reference features for precision/recall or None)."""
     from varianttrain.evaluation.images import IMAGE_EXTENSIONS, list_images
-    from varianttrain.evaluation.metrics import extract_pool_features, load_reference_stats, \
-        reference_stats_from_folder
+    from varianttrain.evaluation.metrics import extract_pool_features, load_reference_stats, reference_stats_from_folder
 
     m = cfg.metrics
     ref_feats = None

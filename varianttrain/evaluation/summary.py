@@ -205,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SummaryError as err:
         print(f"summary: error: {err}", file=sys.stderr)
         return 2
-    print(f"summary: {len(result['rows'])} rows from {len(result['reports'])} report(s) -> {Path(args.out) / 'summary.md'}")
+    print(f"summary: {len(result['rows'])} rows from {len(result['reports'])} report(s) -> "
+          f"{Path(args.out) / 'summary.md'}")
     return 0
 
 

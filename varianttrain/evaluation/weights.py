@@ -68,7 +68,11 @@ def build_var(config: VARConfig, state: Mapping[str, torch.Tensor], device: torc
     config = dataclasses.replace(config, drop_path_rate=0.0)
     with EmptyInit(), torch.device(device):
         var = VAR(config)
-    load_var_weights(var, state)
+    try:
+        load_var_weights(var, state)
+    except KeyError as err:  # the reader looks up a few keys by name before it compares the whole dict
+        raise CheckpointError(f"the VAR state dict lacks {err.args[0]!r}: the file is incomplete (nothing was "
+                              "loaded)") from err
     return var.eval().requires_grad_(False)
 
 
