@@ -99,7 +99,8 @@ def weight_fingerprints(pre: Preflight, cfg: EvalConfig, log: Callable[[str], No
     rank, _ = dist_rank_world()
     out: dict[str, dict[str, Any]] | None = None
     if rank == 0:
-        hashes = Fingerprints(cfg.out_dir / FINGERPRINT_CACHE if cfg.out_dir.is_dir() else None, log)
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)  # checked writable by the pre-flight
+        hashes = Fingerprints(cfg.out_dir / FINGERPRINT_CACHE, log)
         out = {}
         for role, w in pre.weights.items():
             digest = hashes.sha256(w.path)
@@ -507,8 +508,10 @@ def _add_noise(cfg: EvalConfig, results: list[dict[str, Any]], per_image: dict[s
     """Standard errors of every figure and paired differences against the reference full row and variant."""
     from varianttrain.evaluation.uncertainty import FrechetToReference
 
-    n = len(next(iter(per_image.values())).logits_NK) if per_image else 0
-    if cfg.metrics.bootstrap_rounds < 2 or n < 2:
+    if cfg.metrics.bootstrap_rounds < 2 or not per_image:
+        return
+    n = len(next(iter(per_image.values())).logits_NK)
+    if n < 2:
         return
     indices = bootstrap_indices(n, cfg.metrics.bootstrap_rounds, cfg.metrics.bootstrap_seed)
     fid = FrechetToReference(ref.mu, ref.sigma, device) if ref is not None else None
