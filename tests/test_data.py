@@ -361,7 +361,7 @@ def test_transforms_range_and_size():
     assert torch.all(white == 1) and torch.all(black == -1)
     steps = [type(t).__name__ for t in build_transform(256, train=True, hflip=True).transforms]
     assert steps == ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "ToSignedUnitRange"]
-    assert build_transform(256).transforms[0].size == 288  # round(1.125 * 256), VAR_NOTES.md s5
+    assert build_transform(256).transforms[0].size == 288  # round(1.125 * 256), official `build_dataset`
     val = build_transform(32, train=False, hflip=True)
     assert torch.equal(val(img), val(img))  # center crop, never flipped
 

@@ -16,7 +16,7 @@ import torch
 
 from varianttrain.evaluation import generation
 from varianttrain.evaluation.generation import ManifestMismatch, generate_samples
-from varianttrain.evaluation.runner import EvalInputError, build_config, run
+from varianttrain.evaluation.runner import build_config, run
 from varianttrain.evaluation.seeds import sample_name, work_list
 from varianttrain.models.var import VAR, VARConfig
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
@@ -253,7 +253,7 @@ def test_two_process_run_equals_single_process(tiny_files, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- FID / IS
 def _save_random_inception(path: Path) -> None:
-    """Random-weight stand-in for the real Inception file (EVAL_PROTOCOL §4): same class, keys and format."""
+    """Random-weight stand-in for the real Inception file (docs/REFERENCES.md L10): same class, keys and format."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class NoWeights(FeatureExtractorInceptionV3):

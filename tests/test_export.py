@@ -22,7 +22,7 @@ def trained_ckpt(tmp_path_factory):
 
 
 def _official_order(depth: int) -> list[str]:
-    """The official key order for `depth` blocks, from the released d16 key list (VAR_NOTES §3.8)."""
+    """The official key order for `depth` blocks, from the released d16 key list (docs/REFERENCES.md B13)."""
     keys = list(manifest("var_d16_keys.json")["keys"])
     head = [k for k in keys[: keys.index("blocks.0.attn.scale_mul_1H11")]]
     block = [k[len("blocks.0."):] for k in keys if k.startswith("blocks.0.")]

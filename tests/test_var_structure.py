@@ -27,7 +27,7 @@ def test_released_layout(depth, keys_file):
 
 
 def test_d30_family_numbers():
-    """VAR_NOTES §3.1: d30 has width 1920, 30 heads, drop-path 0.125 and 2,010,020,356 parameters."""
+    """[VAR §4], official `build_vae_var`: d30 has width 1920, 30 heads, drop-path 0.125, 2,010,020,356 parameters."""
     cfg = VARConfig.for_depth(30)
     assert (cfg.embed_dim, cfg.num_heads, cfg.num_tokens) == (1920, 30, 680)
     assert cfg.drop_path_rate == pytest.approx(0.125)

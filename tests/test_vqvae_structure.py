@@ -48,7 +48,7 @@ def test_released_keys_shapes_dtypes_in_order() -> None:
     ],
 )
 def test_phi_index_table_m4(K: int, expected: list[int]) -> None:
-    """VAR_NOTES 1.6: tie-sensitive nearest-tick rule (scales 2 and 7 of K = 10 resolve upwards)."""
+    """docs/REFERENCES.md B8: tie-sensitive nearest-tick rule (scales 2 and 7 of K = 10 resolve upwards)."""
     assert [phi_index(k, K, 4) for k in range(K)] == expected
 
 

@@ -26,9 +26,8 @@ from typing import Any
 
 from varianttrain.evaluation.plots import Point, quality_plot
 
-# Published numbers printed next to ours, by sampling protocol. Quality only: their latencies come from other GPUs
-# and batch sizes. Sources: VAR (arXiv 2404.02905, Table 1 and the official README), CoDe (arXiv 2411.17787, Table 1),
-# VARiant (its arXiv v1 and conference versions).
+# Published numbers (docs/REFERENCES.md#published-numbers) printed next to ours, by sampling protocol. Quality
+# only: their latencies come from other GPUs and batch sizes, so they are not comparable with ours.
 PUBLISHED: dict[str, list[tuple[str, str]]] = {
     "official": [
         ("full", "VAR-d30 paper: FID 1.92, IS 323.1; README / arXiv v1: FID 1.97, IS 334.7"),
@@ -274,7 +273,7 @@ def render_markdown(report: dict[str, Any], plot: str | None, plot_note: str, gr
         lines.append(f"- **{key}**: `{json.dumps(value) if not isinstance(value, str) else value}`")
     published = report.get("published") or []
     if published:
-        lines += ["", "## Published numbers (quality only: their latencies come from other GPUs)", ""]
+        lines += ["", "## Published numbers (docs/REFERENCES.md; other hardware: compare quality, not latency)", ""]
         lines += [f"- {text}" for text in published]
     return "\n".join(lines) + "\n"
 

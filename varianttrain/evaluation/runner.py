@@ -307,7 +307,7 @@ def fidelity_over_ranks(row_dir: Path, ref_dir: Path, items: Sequence[WorkItem],
 
 # ------------------------------------------------------------------------------------------------ report parts
 def protocol_header(cfg: EvalConfig, sampling, pre: Preflight, world: int, device: torch.device) -> dict[str, Any]:
-    """Everything that defines the numbers (printed in every results file)."""
+    """Everything that defines the numbers (printed in every results file, docs/REFERENCES.md E2)."""
     g, m = cfg.generation, cfg.metrics
     n = len(pre.items)
     return {

@@ -2,8 +2,9 @@
 
 * `open_weights`: a checkpoint with its tensors memory-mapped (`torch.load(mmap=True)`; safetensors lazily), so the
   pre-flight checks can read shapes and metadata of an 8 GB file in milliseconds and without memory.
-* `build_var`: the VAR of a state dict, constructed under `EmptyInit` (no random initialisation: every value is
-  overwritten by the strict load that follows) directly on its device, then loaded from the mapped tensors.
+* `build_var`: the VAR of a state dict, built without random initialisation (`models.build.empty_model`: every
+  value is overwritten by the strict load that follows) directly on its device, then loaded from the mapped tensors.
+* `EmptyInit`: the same for a constructor that is called inside a loader (the VQVAE's `load_vqvae`).
 * `Fingerprints`: SHA-256 of weight files, cached by (path, size, mtime, inode) so a rerun does not hash 8 GB again.
   The hash is what names a row's weights in the report and what ties a sample folder to the weights that made it.
 """
@@ -22,6 +23,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from varianttrain.checkpoints import CheckpointError, load_var_weights
+from varianttrain.checkpoints.files import read_file
+from varianttrain.models.build import empty_model
 from varianttrain.models.var import VAR, VARConfig
 
 HASH_CHUNK = 8 << 20
@@ -42,32 +45,16 @@ class EmptyInit(TorchFunctionMode):
 
 
 def open_weights(path: Path) -> Any:
-    """The object stored in `path`, tensors memory-mapped: a .pth / .ckpt mapping, or for .safetensors a dict of
-    tensors read lazily. Raises `CheckpointError` naming the file when it cannot be read."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")  # safetensors maps the file itself
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err) and "zip" not in str(err):
-                raise
-            # A legacy (pre-zip) file cannot be mapped: read it whole.
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise CheckpointError(f"could not read {path} as a PyTorch or safetensors checkpoint ({err}); the file is "
-                              "damaged or not a checkpoint: fetch or export it again") from err
+    """The object stored in `path`, tensors memory-mapped (`checkpoints.read_file(mmap=True)`: the one reader of
+    weight files). Raises `CheckpointError` naming the file when it cannot be read."""
+    return read_file(path, mmap=True)
 
 
 def build_var(config: VARConfig, state: Mapping[str, torch.Tensor], device: torch.device | str) -> VAR:
     """A frozen eval-mode VAR of `config` on `device` holding `state` (strict: a mismatch raises
     `CheckpointError` and nothing is used)."""
     config = dataclasses.replace(config, drop_path_rate=0.0)
-    with EmptyInit(), torch.device(device):
-        var = VAR(config)
+    var = empty_model(lambda: VAR(config), device)
     try:
         load_var_weights(var, state)
     except KeyError as err:  # the reader looks up a few keys by name before it compares the whole dict
