@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,11 +14,10 @@ PATCH_NUMS = (1, 2, 3, 4)
 
 
 def eval_main():
-    """eval.py's `main`, imported from the file (it is a script, not a module of the package)."""
-    spec = importlib.util.spec_from_file_location("eval_script", REPO_ROOT / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    """eval.py's `main` (`varianttrain.cli.eval`; the root eval.py is a shim)."""
+    from varianttrain.cli.eval import main
+
+    return main
 
 
 def tiny_var(seed: int = 0, depth: int = 4, num_classes: int = 10):

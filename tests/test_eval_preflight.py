@@ -5,7 +5,6 @@ once, the subsets a supernet stores are what runs (and a contradicting config is
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,28 +37,50 @@ def _run_quietly(cfg):
 
 
 # ------------------------------------------------------------------------------------------------ empty clone
-def test_empty_clone_exits_2_naming_every_missing_file_and_its_download(tmp_path):
-    """The README's command in a checkout without the weights: one message listing every missing file with the
-    command that fetches it, exit status 2, nothing created."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def test_the_documented_d30_command_in_an_empty_folder_names_every_missing_input(tmp_path):
+    """`python eval.py --depth 8 --mode depthvar` with nothing downloaded: exit 2 within seconds, one report listing
+    every missing file with the command that fetches it, nothing created, the 2 B-parameter model never built."""
+    # The child reports its own peak RSS at exit: RUSAGE_CHILDREN of this process would be the largest of every
+    # subprocess the test session has run so far, not this command's.
+    peak_file = tmp_path.parent / f"{tmp_path.name}_peak_kb"
+    script = REPO_ROOT / "eval.py"
+    probe = ("import atexit, resource, runpy, sys; "
+             f"atexit.register(lambda: open({str(peak_file)!r}, 'w').write("
+             "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); "
+             f"sys.path.insert(0, {str(REPO_ROOT)!r}); "  # as `python eval.py` puts the script's folder first
+             f"sys.argv = [{str(script)!r}, '--depth', '8', '--mode', 'depthvar']; "
+             f"runpy.run_path({str(script)!r}, run_name='__main__')")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "eval.py"), "--depth", "8", "--mode", "depthvar"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                          capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 2, done.stderr[-2000:]
     err = done.stderr
     assert f"eval.py: config {REPO_ROOT / 'configs' / 'eval_d30.yaml'}" in err  # the ImageNet d30 defaults
-    assert "4 problems, nothing was run" in err
+    assert err.count("problems, nothing was run") == 1 and "4 problems" in err  # one report, every problem
     for file, key in (("checkpoints/var_d30.pth", "var_d30"), ("checkpoints/vae_ch160v4096z32.pth", "vqvae"),
                       ("checkpoints/weights-inception-2015-12-05-6726825d.pth", "inception"),
                       ("checkpoints/VIRTUAL_imagenet256_labeled.npz", "adm_ref")):
         assert file in err and f"python -m varianttrain.download {key}" in err, (file, err)
     assert "supernet" not in err and "refiner" not in err  # depthvar needs neither
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []  # nothing written
-    print(f"empty clone: exit 2 after {seconds:.1f} s, max RSS of the children so far {max(rss, before) / 1024:.0f} "
-          "MiB")
+    peak_kb = int(peak_file.read_text())
+    assert peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"  # VAR-d30 alone would be 8 GB
+    print(f"empty folder: exit 2 after {seconds:.1f} s, peak RSS {peak_kb / 1024:.0f} MiB")
+
+
+def test_a_config_name_found_nowhere_lists_the_shipped_configs(capsys):
+    assert eval_main()(["--config", "no_such_eval.yaml", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "config 'no_such_eval.yaml' not found" in err and "eval_d30.yaml" in err
+
+
+def test_the_console_script_runs_the_same_main():
+    import tomllib
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["varianttrain-eval"] == "varianttrain.cli.eval:main"
+    assert "from varianttrain.cli.eval import main" in (REPO_ROOT / "eval.py").read_text()
 
 
 def test_every_problem_is_reported_at_once(files, tmp_path):

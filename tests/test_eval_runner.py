@@ -3,7 +3,6 @@ random Inception loaded through the real weights path, and the errors for missin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -51,10 +50,9 @@ def _config(tiny_files, out: Path, *overrides: str):
 
 
 def _eval_main():
-    spec = importlib.util.spec_from_file_location("eval_script", REPO_ROOT / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from varianttrain.cli.eval import main
+
+    return main
 
 
 def _pngs(folder: Path) -> dict[str, bytes]:
