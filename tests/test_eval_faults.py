@@ -262,3 +262,18 @@ def test_demo_classifier_of_another_class_count_is_refused_at_start(tmp_path, ma
     assert "tells 10 classes apart but the model generates 5" in err
     assert "ref_folder" in err  # reported together: the folder has no images
     assert json.dumps(err)  # one message, printable
+
+
+# ------------------------------------------------------------------------------------------ methods
+def test_a_method_named_without_its_weights_is_an_error_and_all_leaves_it_out(files, main, tmp_path, capsys):
+    assert main(_args(files, tmp_path / "out", "--mode", "code")) == 2
+    err = _error(capsys)
+    assert "code" in err and "model.refiner" in err and "--refiner" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_method_lists_the_registered_ones(files, main, tmp_path, capsys):
+    assert main(_args(files, tmp_path / "out", "--mode", "fastvarr")) == 2
+    err = _error(capsys)
+    assert "unknown method 'fastvarr'" in err and "fastvar" in err and "code" in err
+    assert not (tmp_path / "out").exists()
