@@ -22,8 +22,27 @@ def data_problems(cfg: DataConfig) -> list[str]:
     for key in ("train_path", "val_path"):
         path = getattr(cfg, key)
         if path is not None:
-            problems += _path_problems(cfg.format, f"data.{key}", path)
+            problems += _path_problems(cfg.format, f"data.{key}", path) or \
+                _label_problems(cfg.format, f"data.{key}", path, cfg.num_classes)
     return problems
+
+
+def _label_problems(fmt: str, key: str, path: str, num_classes: int) -> list[str]:
+    """Labels the model has no class for, found before training instead of as a crash (or, for webdataset, as
+    samples silently counted corrupt) hours in."""
+    if fmt == "imagefolder":
+        n = sum(1 for d in Path(path).iterdir() if d.is_dir())
+        if n > num_classes:
+            return [f"{key}: {path} has {n} class folders but data.num_classes={num_classes}; ImageFolder labels "
+                    f"are the sorted folder indices 0..{n - 1}: set data.num_classes and model.num_classes to {n}"]
+    elif fmt == "indices" and (Path(path) / "labels.npy").is_file():
+        import numpy as np
+
+        top = int(np.load(Path(path) / "labels.npy", mmap_mode="r").max())
+        if top >= num_classes:
+            return [f"{key}: {path} has label {top} but data.num_classes={num_classes} (labels must be "
+                    f"0..{num_classes - 1}); set data.num_classes and model.num_classes to at least {top + 1}"]
+    return []
 
 
 def _path_problems(fmt: str, key: str, path: str) -> list[str]:

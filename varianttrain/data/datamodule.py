@@ -162,10 +162,11 @@ class ImageNetDataModule(L.LightningDataModule):
             if path is None or split in self._datasets:
                 continue
             if cfg.format == "imagefolder":
-                from torchvision.datasets import ImageFolder
+                from varianttrain.data.image_folder import SkippingImageFolder
 
                 tf = build_transform(cfg.resolution, train=split == "train", hflip=cfg.hflip)
-                self._datasets[split] = ImageFolder(path, transform=tf)
+                self._datasets[split] = SkippingImageFolder(path, transform=tf,
+                                                            max_skip_fraction=cfg.max_skip_fraction)
             elif cfg.format == "indices":
                 self._datasets[split] = IndexDataset(path, key=f"data.{key}")
 
@@ -186,11 +187,13 @@ class ImageNetDataModule(L.LightningDataModule):
         return self._map_loader("val")
 
     def skip_counts(self) -> dict[str, int]:
-        """Corrupt samples skipped so far by this rank's train/val loaders (webdataset; 0 otherwise)."""
-        return {
-            "train": self._train_loader.skipped if self._train_loader is not None else 0,
-            "val": self._val_loader.skipped if self._val_loader is not None else 0,
-        }
+        """Corrupt samples skipped so far by this rank's train/val loaders: webdataset, and ImageFolder data read in
+        the main process (with loader workers each worker counts and logs its own skips)."""
+        counts = {}
+        for split, loader in (("train", self._train_loader), ("val", self._val_loader)):
+            dataset = self._datasets.get(split)
+            counts[split] = loader.skipped if loader is not None else getattr(dataset, "skipped", 0)
+        return counts
 
     # -- builders ----------------------------------------------------------------------------------
 
