@@ -154,7 +154,8 @@ def evaluate(opts: DemoOptions, export: Path, ref_stats: Path, depths: Sequence[
 
     The same rule as on ImageNet: full and the training-free methods run on the shipped pre-trained VAR (the
     "released" model of the demo), `variant` on the fine-tuned supernet, and both full models are rows. CoDe runs
-    only when a refiner is configured (``--eval-set model.refiner=...``); the report says when it was left out.
+    when the demo ships a refiner (`refiner_d<D>.pth` next to the VAR) or one is configured
+    (``--eval-set model.refiner=...``); otherwise the report says it was left out.
     """
     from varianttrain.demo.artifacts import CLASSIFIER_FILE, VQVAE_FILE, var_file
     from varianttrain.evaluation.runner import build_config
@@ -167,6 +168,8 @@ def evaluate(opts: DemoOptions, export: Path, ref_stats: Path, depths: Sequence[
         overrides = [f"model.base={var_file(ckpt)}", f"model.supernet={export}", f"model.vqvae={ckpt / VQVAE_FILE}",
                      f"budget.depth={d}", f"out_dir={run_dir / 'eval'}", f"metrics.ref_stats={ref_stats}",
                      "metrics.ref_folder=null", f"metrics.demo_classifier={ckpt / CLASSIFIER_FILE}"]
+        refiners = sorted(ckpt.glob("refiner_d*.pth"))  # CoDe's refiner, when the demo ships one
+        overrides += [f"model.refiner={refiners[0]}"] if len(refiners) == 1 else []
         overrides += (QUICK_EVAL if opts.quick else []) + list(opts.eval_overrides)
         report = eval_run(build_config(EVAL_CONFIG, overrides))
         if report is None:
