@@ -48,7 +48,14 @@ from varianttrain.evaluation.provenance import software
 from varianttrain.evaluation.report import PUBLISHED, report_paths, write_report
 from varianttrain.evaluation.rows import Row
 from varianttrain.evaluation.seeds import WorkItem, sample_name
-from varianttrain.evaluation.uncertainty import Z_SIGNIFICANT, PerImage, bootstrap_indices, row_differences, row_noise
+from varianttrain.evaluation.uncertainty import (
+    Z_SIGNIFICANT,
+    PerImage,
+    bootstrap_indices,
+    resample_row,
+    row_differences,
+    row_noise,
+)
 from varianttrain.evaluation.weights import EmptyInit, Fingerprints, build_var
 from varianttrain.methods.registry import build_method
 from varianttrain.methods.spec import MethodOptions
@@ -516,13 +523,13 @@ def _add_noise(cfg: EvalConfig, results: list[dict[str, Any]], per_image: dict[s
     indices = bootstrap_indices(n, cfg.metrics.bootstrap_rounds, cfg.metrics.bootstrap_seed)
     fid = FrechetToReference(ref.mu, ref.sigma, device) if ref is not None else None
     comparators = [c for c in ((main_ref.id if main_ref else None), "variant") if c in per_image]
+    figures = {row: resample_row(values, fid, indices) for row, values in per_image.items()}
     for result in results:
-        values = per_image.get(result["row"])
-        if values is None:
+        mine = figures.get(result["row"])
+        if mine is None:
             continue
-        result["noise"] = row_noise(values, fid, indices)
-        result["differences"] = {c: row_differences(values, per_image[c], fid, indices) for c in comparators
-                                 if c != result["row"]}
+        result["noise"] = row_noise(mine)
+        result["differences"] = {c: row_differences(mine, figures[c]) for c in comparators if c != result["row"]}
 
 
 def _check_rng(results: list[dict[str, Any]]) -> None:

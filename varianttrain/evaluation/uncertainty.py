@@ -60,10 +60,31 @@ class PairedDifference:
 MetricFn = Callable[[np.ndarray], float]  # per-image data (rows = images) -> the metric
 
 
+@dataclass(frozen=True)
+class Resampled:
+    """A figure on all images and on every resample. Rows resampled with the same indices pair up: their
+    difference on resample r is the difference of their r-th values, so each figure is computed once per row and
+    resample, however many comparisons use it."""
+
+    value: float
+    values_R: np.ndarray
+
+    def noise(self) -> NoiseEstimate:
+        return NoiseEstimate(self.value, float(self.values_R.std(ddof=1)), len(self.values_R))
+
+    def minus(self, other: Resampled, z: float = Z_SIGNIFICANT) -> PairedDifference:
+        diff, se = self.value - other.value, float((self.values_R - other.values_R).std(ddof=1))
+        return PairedDifference(diff, se, bool(abs(diff) > z * se))
+
+
+def resample(metric: MetricFn, data: np.ndarray, indices: np.ndarray) -> Resampled:
+    """The metric on all images and on every resample `indices` (rows of image indices)."""
+    return Resampled(float(metric(data)), np.array([metric(data[rows]) for rows in indices]))
+
+
 def bootstrap(metric: MetricFn, data: np.ndarray, indices: np.ndarray) -> NoiseEstimate:
     """The metric on all images and its standard error over the resamples `indices` (rows of image indices)."""
-    values = np.array([metric(data[rows]) for rows in indices])
-    return NoiseEstimate(float(metric(data)), float(values.std(ddof=1)), len(indices))
+    return resample(metric, data, indices).noise()
 
 
 def paired_difference(metric: MetricFn, data_a: np.ndarray, data_b: np.ndarray, indices: np.ndarray,
@@ -71,10 +92,7 @@ def paired_difference(metric: MetricFn, data_a: np.ndarray, data_b: np.ndarray, 
     """metric(a) - metric(b) with the same resampled image indices on both sides (a[i] and b[i] share a seed)."""
     if len(data_a) != len(data_b):
         raise ValueError(f"paired data must have the same images: {len(data_a)} vs {len(data_b)} rows")
-    diffs = np.array([metric(data_a[rows]) - metric(data_b[rows]) for rows in indices])
-    diff = float(metric(data_a) - metric(data_b))
-    se = float(diffs.std(ddof=1))
-    return PairedDifference(diff, se, bool(abs(diff) > z * se))
+    return resample(metric, data_a, indices).minus(resample(metric, data_b, indices), z)
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -142,14 +160,16 @@ class PerImage:
         return out
 
 
-def row_noise(values: PerImage, fid: FrechetToReference | None, indices: np.ndarray) -> dict[str, dict]:
+def resample_row(values: PerImage, fid: FrechetToReference | None, indices: np.ndarray) -> dict[str, Resampled]:
+    """Every figure of a row on all images and on every resample (computed once, used for noise and differences)."""
+    return {name: resample(fn, data, indices) for name, (fn, data) in values.metrics(fid).items()}
+
+
+def row_noise(figures: dict[str, Resampled]) -> dict[str, dict]:
     """Every figure of a row with its bootstrap standard error."""
-    return {name: bootstrap(fn, data, indices).to_dict() for name, (fn, data) in values.metrics(fid).items()}
+    return {name: r.noise().to_dict() for name, r in figures.items()}
 
 
-def row_differences(a: PerImage, b: PerImage, fid: FrechetToReference | None, indices: np.ndarray,
-                    z: float = Z_SIGNIFICANT) -> dict[str, dict]:
-    """metric(a) - metric(b) for every figure both rows have, paired over the same image indices."""
-    mb = b.metrics(fid)
-    return {name: paired_difference(fn, data, mb[name][1], indices, z).to_dict()
-            for name, (fn, data) in a.metrics(fid).items() if name in mb}
+def row_differences(a: dict[str, Resampled], b: dict[str, Resampled], z: float = Z_SIGNIFICANT) -> dict[str, dict]:
+    """figure(a) - figure(b) for every figure both rows have, paired over the same image indices."""
+    return {name: r.minus(b[name], z).to_dict() for name, r in a.items() if name in b}
