@@ -67,6 +67,18 @@ def test_summary_lists_a_run_once_across_budgets_and_writes_its_plots(sweep, tmp
     assert json.loads((out / "summary.json").read_text())["reports"] == result["reports"]
 
 
+def test_the_same_folder_scored_on_other_images_is_another_run():
+    """A sample folder's manifest leaves the image count out (a run may add images to it), so the summary's run
+    identity must add the images: 100 and 500 images of one folder are two sets of numbers, not one run."""
+    from varianttrain.evaluation.runner import identity_hash
+    from varianttrain.evaluation.seeds import WorkItem
+
+    manifest = {"method": "full", "budget": {"depth": 4}, "batch_size": 50, "weights": {"model": {"sha256": "a"}}}
+    few = [WorkItem(label=c, index=i, seed=0, global_index=10 * c + i) for c in range(2) for i in range(3)]
+    assert identity_hash(manifest, few) == identity_hash({**manifest, "budget": {"depth": 2}, "batch_size": 8}, few)
+    assert identity_hash(manifest, few) != identity_hash(manifest, few[:3])
+
+
 def test_summary_plots_quality_against_flops_latency_and_memory(sweep, tmp_path):
     copies = []
     for depth, report in sweep["reports"].items():  # the same reports with a quality figure and its noise

@@ -169,9 +169,12 @@ def row_weights(row: Row, fingerprints: dict[str, dict[str, Any]]) -> dict[str, 
     return out
 
 
-def identity_hash(manifest: dict[str, Any]) -> str:
-    """What makes two rows the same run whatever budget they were asked for: everything but the budget."""
+def identity_hash(manifest: dict[str, Any], items: Sequence[WorkItem]) -> str:
+    """What makes two rows the same run whatever budget they were asked for: everything but the budget, and the
+    images it was scored on (a folder's manifest leaves the image count out, since a run may add images to it; two
+    reports of one folder with 100 and 500 images are different numbers)."""
     keep = {k: v for k, v in manifest.items() if k not in ("budget", "batch_size", "weights_files")}
+    keep["images"] = [(it.label, it.index) for it in items]
     keep["weights"] = {k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "file"})
                        for k, v in manifest["weights"].items()}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -422,7 +425,7 @@ def _run(cfg: EvalConfig, device: torch.device, log: Callable[[str], None]) -> d
             "plan": describe_method(method), "knobs": manifests[row.id]["method_knobs"],
             "flops_closed_form_per_image": match.flops.total, "budget_flops_per_image": match.target_flops,
             "flop_ratio": match.flop_ratio, "budget_note": match.note, "budget_reached": reached,
-            "run_identity": identity_hash(manifests[row.id])}
+            "run_identity": identity_hash(manifests[row.id], items)}
         row_dir = run_dir / row.id
         if row in sampled:
             log(f"[eval] {row.id}: sampling {len(items)} images into {row_dir / 'samples'}")
