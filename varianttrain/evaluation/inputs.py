@@ -88,11 +88,9 @@ def _read_export_metadata(path: Path, problems: list[str]) -> tuple[dict[str, An
         where = sidecar
     elif path.suffix == ".safetensors":
         try:
-            from safetensors import safe_open
+            from varianttrain.checkpoints.export_format import safetensors_metadata
 
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-            metadata = json.loads(header["varianttrain"]) if "varianttrain" in header else {}
+            metadata = safetensors_metadata(path)
         except Exception as err:  # noqa: BLE001 - a damaged header means the same thing whatever raised
             problems.append(f"{path}: unreadable safetensors file ({err}); export it again")
             return None, None

@@ -8,8 +8,9 @@ have (FID, class accuracy), its plots against GFLOPs per image, measured latency
 ``<figure>_vs_flops.png``, ``<figure>_vs_latency.png``, ``<figure>_vs_memory.png``.
 
 A run is listed once: two rows with the same run identity (method, knobs, plan, weights, sampling, seeds, the images
-scored: everything but the budget they were asked for) are the same samples, e.g. a method that cannot go below some FLOPs and runs the
-same plan at d = 4 and d = 2, or the full model of every budget. Such a row names every budget it was asked for.
+scored: everything but the budget they were asked for) are the same samples, e.g. a method that cannot go below some
+FLOPs and runs the same plan at d = 4 and d = 2, or the full model of every budget. Such a row names every budget it
+was asked for.
 Reports whose quality figures come from different extractors or reference statistics are not comparable and are
 refused.
 """
