@@ -137,14 +137,23 @@ def test_demo_quick_end_to_end(tiny_demo, tmp_path, monkeypatch):
     summary = run_demo(opts, log=lambda msg: None)
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == tmp_path / "runs" / "demo" and (run_dir / "summary.md").is_file()
-    assert (run_dir / "pareto.png").stat().st_size > 0
-    methods = {(r["budget"], r["method"]) for r in summary["rows"]}
-    assert ("D = 8", "full") in methods
+    assert summary["plots"] and all(Path(p).stat().st_size > 0 for p in summary["plots"])
+    rows = {r["row"]: r for r in summary["rows"] if r["row"] in ("full", "full@supernet")}
+    # the two full models: each listed once, under every budget (the same samples at every budget)
+    assert set(rows) == {"full", "full@supernet"}
+    assert all(sorted(r["budgets"]) == sorted(f"d={d}" for d in summary["depths"]) for r in rows.values())
+    assert var_file(CKPT).name in rows["full"]["weights"] and "var_d8.pth" in rows["full@supernet"]["weights"]
+    listed = {(b, r["method"]) for r in summary["rows"] for b in r["budgets"]}
     for d in summary["depths"]:
-        assert {(f"d = {d}", m) for m in ("variant", "depthvar", "stagevar", "fastvar", "earlyexit")} <= methods
-        assert (run_dir / f"eval_d{d}" / "report.md").is_file()
+        assert {(f"d={d}", m) for m in ("variant", "depthvar", "stagevar", "fastvar", "earlyexit")} <= listed
+        report = json.loads((run_dir / "eval" / f"d{d}" / "report.json").read_text())
+        weights = {r["row"]: r["weights"]["model"]["file"] for r in report["rows"]}
+        assert weights["depthvar"] == str(var_file(CKPT)) and weights["variant"] == summary["export"]
+        assert [s["method"] for s in report["skipped"]] == ["code"]  # no demo refiner is shipped
+        markdown = (run_dir / "eval" / f"d{d}" / "report.md").read_text()
+        assert "![Pareto plot](pareto.png)" in markdown and "![samples](grid.png)" in markdown
     ok_rows = [r for r in summary["rows"] if r["status"] == "ok"]
-    assert all(r["fid"] is not None and r["class_acc"] is not None for r in ok_rows)
+    assert all(r["fid"] is not None and r["class_accuracy"] is not None for r in ok_rows)
     again = run_demo(opts, log=lambda msg: None)  # a second run never touches the first one
     assert Path(again["run_dir"]) != run_dir and (run_dir / "summary.md").is_file()
 

@@ -148,8 +148,10 @@ def test_every_method_reports_how_it_meets_the_budget(tiny, monkeypatch):
     var, _ = tiny
     budget = _budget(2)
     target = budget.variant_flops(var).total
+    refiner = VAR(VARConfig(depth=2, embed_dim=32, num_heads=2, num_classes=10, vocab_size=64, z_channels=32,
+                            patch_nums=PATCH_NUMS)).eval()
     for name in registry.available_methods():
-        match = build_method(name, var, MethodOptions(budget=budget)).budget_match
+        match = build_method(name, var, MethodOptions(budget=budget, refiner=refiner)).budget_match
         assert match.target_flops == target and match.note, name
         assert match.flop_ratio == match.flops.total / target
     full = build_method("full", var, MethodOptions(budget=budget)).budget_match
@@ -203,10 +205,11 @@ def test_eval_refuses_bad_method_options_before_loading_a_model(tmp_path):
     from varianttrain.evaluation.runner import EvalInputError, build_config, run
 
     config = Path(__file__).resolve().parents[1] / "configs" / "eval_tiny.yaml"
-    cfg = build_config(config, [f"model.var={tmp_path / 'absent.pth'}", f"out_dir={tmp_path / 'out'}",
+    cfg = build_config(config, [f"model.base={tmp_path / 'absent.pth'}", f"out_dir={tmp_path / 'out'}",
                                 "method_options.depthvar.blend_at=post_phi"])
-    with pytest.raises(EvalInputError, match="blend_at='post_phi'"):  # not "VAR checkpoint ... not found"
+    with pytest.raises(EvalInputError) as err:  # reported together with the missing file, before any model
         run(cfg, log=lambda msg: None)
+    assert "blend_at='post_phi'" in str(err.value) and "absent.pth not found" in str(err.value)
 
 
 def _tiny_eval_config(tiny, tmp_path, *overrides: str):
@@ -216,7 +219,8 @@ def _tiny_eval_config(tiny, tmp_path, *overrides: str):
     torch.save(var.state_dict(), tmp_path / "var.pth")
     torch.save(vqvae.state_dict(), tmp_path / "vqvae.pth")
     config = Path(__file__).resolve().parents[1] / "configs" / "eval_tiny.yaml"
-    return build_config(config, [f"model.var={tmp_path / 'var.pth'}", f"model.vqvae={tmp_path / 'vqvae.pth'}",
+    return build_config(config, [f"model.base={tmp_path / 'var.pth'}", f"model.supernet={tmp_path / 'var.pth'}",
+                                 f"model.refiner={tmp_path / 'var.pth'}", f"model.vqvae={tmp_path / 'vqvae.pth'}",
                                  f"out_dir={tmp_path / 'out'}", *overrides])
 
 
@@ -226,7 +230,7 @@ def test_eval_builds_every_method_before_sampling(tiny, tmp_path):
     cfg = _tiny_eval_config(tiny, tmp_path, "methods=[full,fastvar]", "method_options.fastvar.block_range=[0, 9]")
     with pytest.raises(EvalInputError, match="method fastvar: .*block_range"):  # the model has blocks 0..3
         run(cfg, log=lambda msg: None)
-    assert not (tmp_path / "out" / "full").exists()  # full was not sampled first
+    assert not (tmp_path / "out" / "d2" / "full").exists()  # full was not sampled first
 
 
 def test_report_rows_carry_the_budget_match(tiny, tmp_path):
@@ -236,19 +240,20 @@ def test_report_rows_carry_the_budget_match(tiny, tmp_path):
     cfg = _tiny_eval_config(tiny, tmp_path, "cost_only=true", "cost.enabled=false",
                             "method_options.fastvar.prune_ratios=0.25")
     report = run(cfg, log=lambda msg: None)
-    rows = {r["method"]: r for r in report["methods"]}
-    assert list(rows) == registry.available_methods()
+    rows = {r["row"]: r for r in report["rows"]}
+    assert list(rows) == registry.available_methods()  # base = supernet = refiner here: one full row
     budget = DepthBudget(DEPTH, PATCH_NUMS, 2, bridge_scales=2, depth_choices=(1, 2))
     for name, row in rows.items():
-        method = build_method(name, var, MethodOptions(budget=budget, knobs=cfg.method_options.get(name, {})))
+        method = build_method(name, var, MethodOptions(budget=budget, knobs=cfg.method_options.get(name, {}),
+                                                       refiner=var))
         assert row["budget_flops_per_image"] == budget.variant_flops(var).total
         assert row["flops_closed_form_per_image"] == method.budget_match.flops.total
         assert row["flop_ratio"] == method.budget_match.flop_ratio and row["budget_note"] == method.budget_match.note
     assert rows["fastvar"]["budget_note"] == "explicit prune ratios: not budget-matched"
-    markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "| FLOPs / budget |" in markdown and "### How each method meets the budget" in markdown
+    markdown = (tmp_path / "out" / "d2" / "report.md").read_text()
+    assert "| FLOPs / budget |" in markdown and "## How each method meets the budget" in markdown
     assert "| fastvar | " in markdown and "explicit prune ratios: not budget-matched |" in markdown
-    assert f"| {rows['variant']['flop_ratio']:.4f} |" in markdown
+    assert f"| {rows['variant']['flop_ratio']:.3f} |" in markdown
 
 
 def test_image_seeds_are_pure_and_distinct():

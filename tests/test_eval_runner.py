@@ -3,7 +3,6 @@ random Inception loaded through the real weights path, and the errors for missin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -16,7 +15,7 @@ import torch
 
 from varianttrain.evaluation import generation
 from varianttrain.evaluation.generation import ManifestMismatch, generate_samples
-from varianttrain.evaluation.runner import EvalInputError, build_config, run
+from varianttrain.evaluation.runner import build_config, run
 from varianttrain.evaluation.seeds import sample_name, work_list
 from varianttrain.models.var import VAR, VARConfig
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
@@ -46,15 +45,14 @@ def tiny_files(tmp_path_factory) -> tuple[Path, Path]:
 
 def _config(tiny_files, out: Path, *overrides: str):
     var_path, vqvae_path = tiny_files
-    return build_config(TINY_CONFIG, [f"model.var={var_path}", f"model.vqvae={vqvae_path}", f"out_dir={out}",
-                                      *overrides])
+    return build_config(TINY_CONFIG, [f"model.base={var_path}", f"model.supernet={var_path}",
+                                      f"model.vqvae={vqvae_path}", f"out_dir={out}", *overrides])
 
 
 def _eval_main():
-    spec = importlib.util.spec_from_file_location("eval_script", REPO_ROOT / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from varianttrain.cli.eval import main
+
+    return main
 
 
 def _pngs(folder: Path) -> dict[str, bytes]:
@@ -62,38 +60,85 @@ def _pngs(folder: Path) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------------------------------ report and plot
-def test_mode_all_via_eval_py_writes_report_and_plot(tiny_files, tmp_path):
+def test_mode_all_via_eval_py_writes_report_plot_and_grid(tiny_files, tmp_path):
     var_path, vqvae_path = tiny_files
     out = tmp_path / "out"
-    args = ["--config", str(TINY_CONFIG), "--var", str(var_path), "--vqvae", str(vqvae_path), "--out", str(out),
-            "--mode", "all", "--depth", "2", "--no-fid", "--set", "cost.repeats=1", "--set", "cost.warmup=0"]
+    args = ["--config", str(TINY_CONFIG), "--base", str(var_path), "--supernet", str(var_path), "--vqvae",
+            str(vqvae_path), "--out", str(out), "--mode", "all", "--depth", "2", "--no-fid", "--set",
+            "cost.repeats=1", "--set", "cost.warmup=0"]
     main = _eval_main()
     assert main(args) == 0
-    report = json.loads((out / "report.json").read_text())
-    rows = {r["method"]: r for r in report["methods"]}
-    assert set(BUILTINS) <= set(rows)
+    run_dir = out / "d2"  # the budget is part of the folder: a depth sweep never collides
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert set(BUILTINS) <= set(rows) and "code" not in rows  # no refiner configured: left out, and said so
+    assert report["skipped"] == [{"method": "code", "why": "not configured: model.refiner (--refiner)"}]
     for name in BUILTINS:
-        assert len(_pngs(out / name / "samples")) == 6  # 2 per class x 3 classes, same (class, index) everywhere
-        assert (out / name / "samples.npz").is_file() and (out / name / "result.json").is_file()
+        assert len(_pngs(run_dir / name / "samples")) == 6  # 2 per class x 3 classes, same (class, index) everywhere
+        assert (run_dir / name / "samples.npz").is_file() and (run_dir / name / "result.json").is_file()
         assert [c["batch_size"] for c in rows[name]["cost"]] == [1, 2]
-    with np.load(out / "variant" / "samples.npz") as npz:
+        assert rows[name]["weights"]["model"]["file"] == str(var_path)
+        assert rows[name]["rng_same_as_full"] is True
+    with np.load(run_dir / "variant" / "samples.npz") as npz:
         assert npz["arr_0"].shape == (6, 64, 64, 3) and npz["arr_0"].dtype == np.uint8
         assert npz["arr_1"].tolist() == [0, 0, 1, 1, 2, 2]
     # FLOPs of the variant row come from what the sampler ran, and equal the closed form of its plan
     assert rows["variant"]["flops_per_image"] == rows["variant"]["flops_closed_form_per_image"]
     assert rows["full"]["cost"][0]["speedup"] == 1.0 and rows["variant"]["flops_speedup"] > 1
-    markdown = (out / "report.md").read_text()
-    for needle in ("top_k", "900", "rejection_sampling", "VARiant d=2 of 4", "| variant |", "speedup"):
-        assert needle in markdown
-    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 0 < rows["variant"]["fidelity"]["ssim"] < 1 and rows["variant"]["fidelity"]["reference"] == "full"
+    markdown = (run_dir / "report.md").read_text()
+    assert markdown.index("## Results") < markdown.index("![Pareto plot](pareto.png)") < markdown.index("## Protocol")
+    for needle in ("top_k", "900", "rejection_sampling", "VARiant d=2 of 4", "| variant ", "speedup", "var.pth `",
+                   "![samples](grid.png)", "code was left out", "torch-fidelity", "**git**"):
+        assert needle in markdown, needle
+    for name in ("pareto.png", "grid.png"):
+        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run resumes (nothing sampled or rewritten) and never clobbers the report
-    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/samples/*.png")}
+    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/samples/*.png")}
     assert main([*args, "--set", "cost.enabled=false"]) == 0
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/samples/*.png")} == mtimes
-    assert (out / "report-2.json").is_file() and (out / "report-2.md").is_file() and (out / "pareto-2.png").is_file()
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/samples/*.png")} == mtimes
+    assert (run_dir / "report-2.json").is_file() and (run_dir / "report-2.md").is_file()
     assert main([*args, "--overwrite", "--set", "cost.enabled=false"]) == 0
-    assert "cost" not in json.loads((out / "report.json").read_text())["methods"][0]
-    assert not (out / "report-3.json").exists()
+    assert "cost" not in json.loads((run_dir / "report.json").read_text())["rows"][0]
+    assert not (run_dir / "report-3.json").exists()
+    # another budget into the same --out: its own folder, the first budget's samples untouched
+    assert main([*args[:-4], "--depth", "1", "--cost-only", "--set", "cost.enabled=false"]) == 0
+    assert (out / "d1" / "report.json").is_file()
+
+
+def test_both_full_models_are_rows_and_code_runs_with_a_refiner(tmp_path):
+    """Different base and supernet weights: full (base) and full@supernet are both rows; every training-free method
+    samples with the base weights, variant with the supernet's; CoDe drafts with the base and refines with the
+    refiner, and its memory counts both models."""
+    from conftest import random_tiny_var, tiny_vqvae
+
+    base, supernet = random_tiny_var(4, PATCH_NUMS, 32, seed=0), random_tiny_var(4, PATCH_NUMS, 32, seed=1)
+    refiner = random_tiny_var(2, PATCH_NUMS, 32, seed=2)
+    for name, model in (("base", base), ("supernet", supernet), ("refiner", refiner)):
+        torch.save(model.state_dict(), tmp_path / f"{name}.pth")
+    torch.save(tiny_vqvae(PATCH_NUMS, 32).state_dict(), tmp_path / "vqvae.pth")
+    cfg = build_config(TINY_CONFIG, [f"model.{n}={tmp_path / n}.pth" for n in ("base", "supernet", "refiner",
+                                                                               "vqvae")]
+                       + [f"out_dir={tmp_path / 'out'}", "cost.repeats=1", "cost.warmup=0", "cost.batch_sizes=[2]"])
+    report = run(cfg, log=lambda msg: None)
+    rows = {r["row"]: r for r in report["rows"]}
+    assert list(rows) == ["full", "full@supernet", "variant", "earlyexit", "depthvar", "stagevar", "fastvar", "code"]
+    files = {k: r["weights"]["model"]["file"] for k, r in rows.items()}
+    assert files["full@supernet"] == files["variant"] == str(tmp_path / "supernet.pth")
+    assert {files[k] for k in ("full", "earlyexit", "depthvar", "stagevar", "fastvar", "code")} == \
+        {str(tmp_path / "base.pth")}
+    assert rows["code"]["weights"]["refiner"]["file"] == str(tmp_path / "refiner.pth")
+    assert rows["full"]["weights"]["model"]["sha256"] != rows["variant"]["weights"]["model"]["sha256"]
+    assert _pngs(tmp_path / "out" / "d2" / "full" / "samples") != _pngs(tmp_path / "out" / "d2" / "full@supernet" /
+                                                                          "samples")
+    weights = {n: sum(t.numel() * 4 for t in [*m.parameters(), *m.buffers()]) for n, m in
+               (("base", base), ("refiner", refiner))}
+    code, full = rows["code"]["cost"][0], rows["full"]["cost"][0]
+    # peak memory = the weights the row uses + its activation peak: CoDe carries the refiner on top of the base
+    assert code["peak_memory_bytes"] - full["peak_memory_bytes"] > 0.5 * weights["refiner"]
+    assert len(code["kv_cache_bytes_by_model"]) == 2 and code["kv_cache_bytes"] == max(code["kv_cache_bytes_by_model"])
+    assert rows["full@supernet"]["fidelity"]["reference"] == "full" and rows["variant"]["fidelity"]["reference"] == \
+        "full@supernet"
 
 
 # --------------------------------------------------------------------------------------------------------- resume
@@ -195,12 +240,12 @@ def test_two_process_run_equals_single_process(tiny_files, tmp_path):
     cfg2 = _config(tiny_files, tmp_path / "two", *overrides)
     torch.multiprocessing.start_processes(_dist_worker, args=(2, _free_port(), cfg2), nprocs=2, start_method="fork")
     for name in ("full", "variant"):
-        one = _pngs(tmp_path / "single" / name / "samples")
-        two = _pngs(tmp_path / "two" / name / "samples")
+        one = _pngs(tmp_path / "single" / "d2" / name / "samples")
+        two = _pngs(tmp_path / "two" / "d2" / name / "samples")
         assert len(one) == 9 and one == two  # byte-identical PNGs
-        assert (tmp_path / "single" / name / "samples.npz").read_bytes() == \
-            (tmp_path / "two" / name / "samples.npz").read_bytes()
-    report = json.loads((tmp_path / "two" / "report.json").read_text())
+        assert (tmp_path / "single" / "d2" / name / "samples.npz").read_bytes() == \
+            (tmp_path / "two" / "d2" / name / "samples.npz").read_bytes()
+    report = json.loads((tmp_path / "two" / "d2" / "report.json").read_text())
     assert "cpu x 2 rank(s)" in report["protocol"]["device"] and "cpu x 1 rank(s)" in single["protocol"]["device"]
 
 
@@ -234,25 +279,47 @@ class _ToyExtractor:
         return pool, pool @ self.proj
 
 
-def test_metrics_wiring_with_adm_layout_reference(tiny_files, tmp_path, monkeypatch):
-    """FID / IS / precision-recall through the runner with a toy extractor and an ADM-layout reference npz."""
+def _toy_metrics(tmp_path, monkeypatch) -> list[str]:
+    """Overrides that route FID / IS through the toy extractor and an ADM-layout reference npz."""
+    from varianttrain.evaluation import inputs
     from varianttrain.evaluation import runner as runner_module
 
     monkeypatch.setattr(runner_module, "load_extractor", lambda cfg, device: _ToyExtractor())
+    monkeypatch.setattr(inputs, "INCEPTION_FEATURES", 48)  # the toy's width stands in for Inception's 2048
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"stand-in: the extractor is patched")
     rng = np.random.default_rng(1)
     arr_0 = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
     feats = _ToyExtractor()(torch.from_numpy(arr_0).permute(0, 3, 1, 2))[0].double().numpy()
     ref = tmp_path / "VIRTUAL_tiny_labeled.npz"
     np.savez(ref, arr_0=arr_0, mu=feats.mean(0), sigma=np.cov(feats, rowvar=False) + np.eye(48))
-    cfg = _config(tiny_files, tmp_path / "out", "methods=[full,variant]", "cost.enabled=false",
-                  "metrics.enabled=true", f"metrics.ref_stats={ref}", "metrics.precision_recall=true")
-    rows = {r["method"]: r for r in run(cfg, log=lambda msg: None)["methods"]}
+    return ["metrics.enabled=true", f"metrics.ref_stats={ref}", f"metrics.inception_weights={weights}"]
+
+
+def test_metrics_wiring_noise_and_differences(tiny_files, tmp_path, monkeypatch):
+    """FID / IS / precision-recall through the runner with a toy extractor; every figure carries a bootstrap
+    standard error and every row its paired differences to the full model."""
+    cfg = _config(tiny_files, tmp_path / "out", "methods=[full,variant,earlyexit]", "cost.enabled=false",
+                  "metrics.precision_recall=true", "generation.samples_per_class=4", "metrics.bootstrap_rounds=40",
+                  *_toy_metrics(tmp_path, monkeypatch))
+    report = run(cfg, log=lambda msg: None)
+    rows = {r["row"]: r for r in report["rows"]}
     for row in rows.values():
-        assert row["num_samples"] == 6 and np.isfinite(row["fid"]) and row["fid"] > 0
+        assert row["num_samples"] == 12 and np.isfinite(row["fid"]) and row["fid"] > 0
         assert 1.0 - 1e-6 <= row["inception_score_mean"] <= 10 and 0 <= row["precision"] <= 1
+        assert row["noise"]["fid"]["value"] == pytest.approx(row["fid"], rel=1e-6)
+        assert row["noise"]["fid"]["se"] > 0 and row["noise"]["fid"]["rounds"] == 40
     assert rows["full"]["fid"] != rows["variant"]["fid"]
-    markdown = (tmp_path / "out" / "report.md").read_text()
-    assert f"{rows['variant']['fid']:.3f}" in markdown and "| method | precision | recall |" in markdown
+    diff = rows["earlyexit"]["differences"]["full"]["fid"]
+    # the bootstrap's fast FID (eigenvalues against fixed reference statistics) agrees with scipy's to ~1e-6 of FID
+    assert diff["difference"] == pytest.approx(rows["earlyexit"]["fid"] - rows["full"]["fid"],
+                                               abs=1e-6 * rows["full"]["fid"])
+    assert set(rows["earlyexit"]["differences"]) == {"full", "variant"} and set(rows["full"]["differences"]) == \
+        {"variant"}
+    markdown = (tmp_path / "out" / "d2" / "report.md").read_text()
+    assert f"{rows['variant']['fid']:.3f} ± " in markdown and "| row | precision | recall |" in markdown
+    assert "## Noise and differences" in markdown and "Δ FID vs full" in markdown
+    assert report["metric_kind"] == "FID (Inception)" and "FID (Inception)" in markdown
 
 
 @pytest.mark.slow  # ~20 s idle, ~50 s on a loaded 2-core machine (scipy sqrtm of 2048 x 2048 dominates)
@@ -273,13 +340,13 @@ def test_fid_and_is_end_to_end_with_random_inception(tiny_files, tmp_path, monke
                   f"metrics.inception_weights={weights}", f"metrics.ref_folder={real}", "generation.num_classes=2",
                   "generation.samples_per_class=2", "metrics.precision_recall=true")  # 4 samples: CPU Inception
     report = run(cfg, log=lambda msg: None)
-    row = report["methods"][0]
+    row = report["rows"][0]
     assert row["num_samples"] == 4
     assert np.isfinite(row["fid"]) and row["fid"] > 0
     assert row["inception_score_mean"] >= 1.0 - 1e-6
     assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0
-    assert "FID" in (tmp_path / "out" / "report.md").read_text() and f"{row['fid']:.3f}" in \
-        (tmp_path / "out" / "report.md").read_text()
+    markdown = (tmp_path / "out" / "d2" / "report.md").read_text()
+    assert "FID (Inception)" in markdown and f"{row['fid']:.3f}" in markdown
     print(f"FID/IS end to end with a random Inception: {time.perf_counter() - start:.1f} s")
 
 
@@ -301,35 +368,12 @@ def test_export_metadata_sets_bridge_subsets_and_vqvae(tiny_files, tmp_path):
         "format": EXPORT_FORMAT, "version": 1, "var_config": var_config, "depth": 4, "depth_choices": [2],
         "bridge_scales": 1, "subset_rule": "nested", "layer_subsets": {"2": [1, 2]},
         "vqvae_checkpoint": str(vqvae_path)}))
-    cfg = build_config(TINY_CONFIG, [f"model.var={export}", f"out_dir={tmp_path / 'out'}", "methods=[variant]",
-                                     "budget.bridge_scales=null", "cost.enabled=false",
+    cfg = build_config(TINY_CONFIG, [f"model.supernet={export}", f"out_dir={tmp_path / 'out'}", "methods=[variant]",
+                                     "budget.bridge_scales=null", "budget.subset_rule=null",
+                                     "budget.depth_choices=null", "cost.enabled=false",
                                      "generation.samples_per_class=1"])
     report = run(cfg, log=lambda msg: None)
     assert report["protocol"]["budget"] == "VARiant d=2 of 4, bridge N=1, I_d=[1, 2]"
-    assert report["protocol"]["vqvae"] == str(vqvae_path)
-    assert report["methods"][0]["plan"] == "1:all 2:2 3:2 4:2"
-
-
-# ------------------------------------------------------------------------------------------------ missing inputs
-def test_missing_files_fail_before_sampling_and_say_where(tiny_files, tmp_path, capsys):
-    out = tmp_path / "out"
-    with pytest.raises(FileNotFoundError) as err:
-        run(_config(tiny_files, out, "metrics.enabled=true", f"metrics.inception_weights={tmp_path / 'x.pth'}"))
-    assert "weights-inception-2015-12-05-6726825d.pth" in str(err.value) and "--inception-weights" in str(err.value)
-    assert not out.exists()  # nothing was sampled
-
-    with pytest.raises(EvalInputError, match="model.var.*--var"):
-        run(build_config(TINY_CONFIG, [f"out_dir={out}"]))
-    with pytest.raises(EvalInputError, match="model.patch_nums"):
-        run(_config(tiny_files, out, "model.patch_nums=[1, 2, 4]"))
-
-    main = _eval_main()
-    var_path, vqvae_path = tiny_files
-    code = main(["--config", str(TINY_CONFIG), "--var", str(var_path), "--vqvae", str(vqvae_path), "--out", str(out),
-                 "--set", "metrics.enabled=true", "--set", "metrics.extractor=demo-classifier"])
-    assert code == 2 and "metrics.demo_classifier" in capsys.readouterr().err
-    code = main(["--config", str(TINY_CONFIG), "--var", str(var_path), "--vqvae", str(vqvae_path), "--out", str(out),
-                 "--depth", "7"])
-    assert code == 2 and "--depth 7 is outside 1..4" in capsys.readouterr().err
-    assert main(["--config", str(TINY_CONFIG), "--set", "generation.batchsize=3"]) == 2
-    assert "generation.batch_size" in capsys.readouterr().err  # did-you-mean from the typed config
+    assert report["provenance"]["inputs"]["vqvae"]["file"] == str(vqvae_path)
+    assert report["rows"][0]["plan"] == "1:all 2:2 3:2 4:2"
+    assert report["budget"]["sources"]["bridge_scales"].startswith("export metadata")

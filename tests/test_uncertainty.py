@@ -10,11 +10,15 @@ import pytest
 from varianttrain.evaluation.metrics import frechet_distance, inception_score
 from varianttrain.evaluation.uncertainty import (
     FrechetToReference,
+    PerImage,
     accuracy,
     bootstrap,
     bootstrap_indices,
     inception_score_of,
     paired_difference,
+    resample_row,
+    row_differences,
+    row_noise,
 )
 
 
@@ -91,3 +95,15 @@ def test_single_split_inception_score_matches_the_metrics_module():
 def test_bootstrap_needs_two_images_and_two_rounds():
     with pytest.raises(ValueError, match="needs >= 2 images"):
         bootstrap_indices(1, 10)
+
+
+def test_row_figures_computed_once_give_the_same_noise_and_differences_as_recomputing():
+    rng = np.random.default_rng(5)
+    a = PerImage(correct_N=rng.random(300) < 0.7, logits_NK=rng.normal(size=(300, 10)))
+    b = PerImage(correct_N=rng.random(300) < 0.6, logits_NK=rng.normal(size=(300, 10)))
+    idx = bootstrap_indices(300, 50, seed=1)
+    fa, fb = resample_row(a, None, idx), resample_row(b, None, idx)
+    assert row_noise(fa)["class_accuracy"] == bootstrap(accuracy, a.correct_N, idx).to_dict()
+    diff = row_differences(fa, fb)["inception_score"]
+    assert diff == paired_difference(inception_score_of, a.logits_NK, b.logits_NK, idx).to_dict()
+    assert row_differences(fa, fa)["class_accuracy"] == {"difference": 0.0, "se": 0.0, "significant": False}

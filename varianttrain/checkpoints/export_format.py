@@ -41,6 +41,15 @@ def is_export(path: Path) -> bool:
     return path.suffix == ".safetensors" or path.with_suffix(".json").is_file()
 
 
+def safetensors_metadata(path: str | Path) -> dict[str, Any]:
+    """The export metadata in a `.safetensors` header ({} when it has none); only the header is read."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+    return json.loads(header["varianttrain"]) if "varianttrain" in header else {}
+
+
 def load_export(path: str | Path) -> tuple[VARConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """(VAR config, state dict, metadata) of an exported `.pth` or `.safetensors` (metadata from the JSON beside it,
     or from the safetensors header)."""
@@ -50,13 +59,9 @@ def load_export(path: str | Path) -> tuple[VARConfig, dict[str, torch.Tensor], d
     if sidecar.is_file():
         metadata = json.loads(sidecar.read_text())
     elif path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        if "varianttrain" not in header:
+        metadata = safetensors_metadata(path)
+        if not metadata:
             raise CheckpointError(f"{path} has no varianttrain metadata and no {sidecar.name} beside it")
-        metadata = json.loads(header["varianttrain"])
     else:
         raise CheckpointError(f"{path}: metadata file {sidecar} not found (it is written by varianttrain.export)")
     if metadata.get("format") != EXPORT_FORMAT:

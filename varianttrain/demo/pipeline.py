@@ -12,12 +12,13 @@ Stages (each printed as a banner with the elapsed time; Lightning / eval progres
    (`configs/demo/supernet.yaml`, through `varianttrain.training.runner.run`, the code behind train.py, with the
    same task table `varianttrain.tasks.TASKS`);
 5. the supernet is exported (`varianttrain.export`);
-6. `eval.py --mode all` (`configs/demo/eval.yaml`, demo-classifier FID / IS) at every depth budget;
-7. one side-by-side table (full, VARiant subnets, DepthVAR / StageVAR / FastVAR / early exit at the same budgets),
-   demo-classifier accuracy of the generated samples, a combined Pareto plot.
+6. `eval.py --mode all` (`configs/demo/eval.yaml`: demo-classifier FID / IS / class accuracy with their noise) at
+   every depth budget: full and the training-free methods on the shipped VAR, variant on the fine-tuned supernet;
+7. one summary over the budgets (`varianttrain.evaluation.summary`): a table and quality vs FLOPs / latency / memory.
 
 Everything lands in a fresh `runs/demo/<NNN>/` (never an existing directory): `supernet/000/` (the training run),
-`export/`, `eval_d<d>/` (eval.py's samples and reports), `summary.md`, `summary.json`, `pareto.png`.
+`export/`, `eval/d<d>/` (eval.py's samples, reports, plot and grid per budget), `summary/` (the summary and its
+plots), `summary.md`, `summary.json`.
 Default paths are under the repository root (`varianttrain.demo.REPO_ROOT`), so the demo runs from any directory;
 the torch thread count is set by `main()` (`--threads`), not by the library functions.
 """
@@ -149,16 +150,26 @@ def finetune(opts: DemoOptions, run_dir: Path) -> Path:
 
 def evaluate(opts: DemoOptions, export: Path, ref_stats: Path, depths: Sequence[int], run_dir: Path,
              stages: Stages) -> dict[int, dict[str, Any]]:
-    """eval.py --mode all at every depth budget (one stage each); returns {depth: report}."""
+    """eval.py --mode all at every depth budget (one stage each); returns {depth: report}.
+
+    The same rule as on ImageNet: full and the training-free methods run on the shipped pre-trained VAR (the
+    "released" model of the demo), `variant` on the fine-tuned supernet, and both full models are rows. CoDe runs
+    when the demo ships a refiner (`refiner_d<D>.pth` next to the VAR) or one is configured
+    (``--eval-set model.refiner=...``); otherwise the report says it was left out.
+    """
+    from varianttrain.demo.artifacts import CLASSIFIER_FILE, VQVAE_FILE, var_file
     from varianttrain.evaluation.runner import build_config
     from varianttrain.evaluation.runner import run as eval_run
 
+    ckpt = Path(opts.ckpt_dir)
     reports = {}
     for d in depths:
-        stages.start(f"eval.py --mode all at depth budget d = {d} (demo-classifier FID / IS, latency)")
-        overrides = [f"model.var={export}", f"model.vqvae={opts.ckpt_dir}/vqvae.pth", f"budget.depth={d}",
-                     f"out_dir={run_dir / f'eval_d{d}'}", f"metrics.ref_stats={ref_stats}", "metrics.ref_folder=null",
-                     f"metrics.demo_classifier={opts.ckpt_dir}/classifier.pt"]
+        stages.start(f"eval.py --mode all at depth budget d = {d} (demo-classifier FID / IS / class accuracy, latency)")
+        overrides = [f"model.base={var_file(ckpt)}", f"model.supernet={export}", f"model.vqvae={ckpt / VQVAE_FILE}",
+                     f"budget.depth={d}", f"out_dir={run_dir / 'eval'}", f"metrics.ref_stats={ref_stats}",
+                     "metrics.ref_folder=null", f"metrics.demo_classifier={ckpt / CLASSIFIER_FILE}"]
+        refiners = sorted(ckpt.glob("refiner_d*.pth"))  # CoDe's refiner, when the demo ships one
+        overrides += [f"model.refiner={refiners[0]}"] if len(refiners) == 1 else []
         overrides += (QUICK_EVAL if opts.quick else []) + list(opts.eval_overrides)
         report = eval_run(build_config(EVAL_CONFIG, overrides))
         if report is None:
@@ -167,94 +178,11 @@ def evaluate(opts: DemoOptions, export: Path, ref_stats: Path, depths: Sequence[
     return reports
 
 
-# ------------------------------------------------------------------------------------------------ summary
-def _row(budget: str, r: dict[str, Any], acc: dict[str, Any] | None) -> dict[str, Any]:
-    costs = r.get("cost") or []
-    head = max(costs, key=lambda c: c["batch_size"]) if costs else {}
-    return {"budget": budget, "method": r["method"], "status": r.get("status"), "fid": r.get("fid"),
-            "is": r.get("inception_score_mean"), "class_acc": (acc or {}).get("class_acc"),
-            "gflops": r["flops_per_image"] / 1e9 if r.get("flops_per_image") else None,
-            "flops_speedup": r.get("flops_speedup"), "batch": head.get("batch_size"), "latency_s": head.get("e2e_s"),
-            "speedup": head.get("speedup"), "plan": r.get("plan"), "notes": r.get("notes")}
-
-
-def summarize(reports: dict[int, dict[str, Any]], accuracies: dict[int, dict[str, Any]],
-              depth: int) -> list[dict[str, Any]]:
-    """One row for the full model (first budget's run), then every other method at every budget."""
-    rows: list[dict[str, Any]] = []
-    for i, (d, report) in enumerate(reports.items()):
-        for r in report["methods"]:
-            if r["method"] == "full":
-                if i == 0:
-                    rows.append(_row(f"D = {depth}", r, accuracies[d].get("full")))
-                continue
-            rows.append(_row(f"d = {d}", r, accuracies[d].get(r["method"])))
-    return rows
-
-
-def _f(v: Any, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    batch = next((r["batch"] for r in rows if r["batch"]), None)
-    lines = [f"| budget | method | demo FID ↓ | demo IS ↑ | class acc ↑ | GFLOPs/img | FLOPs speedup | "
-             f"latency b={batch} (s) | measured speedup |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        name = r["method"] + ("" if r["status"] in (None, "ok") else f" ({r['status']})")
-        lines.append(f"| {r['budget']} | {name} | {_f(r['fid'], '.2f')} | {_f(r['is'], '.2f')} | "
-                     f"{_f(None if r['class_acc'] is None else 100 * r['class_acc'], '.1f')}"
-                     f"{'' if r['class_acc'] is None else ' %'} | {_f(r['gflops'], '.4f')} | "
-                     f"{_f(r['flops_speedup'], '.2f')}{'x' if r['flops_speedup'] else ''} | "
-                     f"{_f(r['latency_s'], '.3f')} | {_f(r['speedup'], '.2f')}{'x' if r['speedup'] else ''} |")
-    return "\n".join(lines)
-
-
-def plot_summary(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Demo FID vs GFLOPs per image for every (budget, method), Pareto front dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from varianttrain.evaluation.report import pareto_front
-
-    pts = [(r["gflops"], r["fid"], f"{r['method']} ({r['budget']})") for r in rows
-           if r["gflops"] is not None and r["fid"] is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 5.2), dpi=120)
-    # One marker and colour per method (the budget is in the label), so a method reads the same at every budget.
-    style = {"full": ("*", "C0"), "variant": ("o", "C1"), "depthvar": ("s", "C2"), "stagevar": ("^", "C3"),
-             "fastvar": ("v", "C4"), "earlyexit": ("x", "C5")}
-    seen: set[str] = set()
-    for x, y, label in pts:
-        method = label.split(" ")[0]
-        marker, color = style.get(method, ("o", "C7"))
-        ax.scatter([x], [y], marker=marker, color=color, s=80 if method == "full" else 40, zorder=3,
-                   label=None if method in seen else method)
-        seen.add(method)
-        ax.annotate(label.split(" ", 1)[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if pts:
-        front = pareto_front([(x, y) for x, y, _ in pts])
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="gray", label="Pareto front")
-        ax.legend(loc="best", fontsize=8)
-    ax.set_xlabel("GFLOPs per image (sampling, CFG included)")
-    ax.set_ylabel("demo FID (demo-classifier features; lower is better)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.margins(0.15)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 # ------------------------------------------------------------------------------------------------ main
 def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Run every stage; returns the summary (also written to `<run dir>/summary.json`)."""
     import torch
 
-    from varianttrain.checkpoints import load_demo_extractor
-    from varianttrain.demo.class_accuracy import eval_dir_accuracy
     from varianttrain.demo.dataset import generate_demo_dataset
     from varianttrain.export import export_checkpoint
     from varianttrain.training.runner import new_run_dir
@@ -283,35 +211,44 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
 
     reports = evaluate(opts, export, ref_stats, depths, run_dir, stages)
 
-    stages.start("side-by-side table, class accuracy of the samples, Pareto plot")
-    extractor = load_demo_extractor(Path(opts.ckpt_dir) / "classifier.pt")
-    accuracies = {d: eval_dir_accuracy(run_dir / f"eval_d{d}", extractor) for d in depths}
-    rows = summarize(reports, accuracies, meta["depth"])
-    table = markdown_table(rows)
-    plot = plot_summary(rows, run_dir / "pareto.png", f"demo: depth-{meta['depth']} VAR supernet vs accelerators "
-                                                       f"at d = {', '.join(map(str, depths))}")
+    stages.start("summary over the budgets: one table; quality vs FLOPs, latency and memory")
+    from varianttrain.evaluation.summary import summarize
+
+    result = summarize([reports[d]["files"]["json"] for d in depths], run_dir / "summary")
+    table = "\n".join(line for line in (run_dir / "summary" / "summary.md").read_text().splitlines()
+                      if line.startswith("|"))
     stages.finish()
     wall = stages.elapsed()
     protocol = reports[depths[0]]["protocol"]
+    skipped = sorted({f"{s['method']} ({s['why']})" for r in reports.values() for s in r.get("skipped") or []})
     text = "\n".join([
         f"# Demo run {run_dir}", "",
         f"Wall time {wall:.0f} s ({wall / 60:.1f} min){' — quick smoke mode' if opts.quick else ''}; "
         f"{threads} torch threads; {protocol['samples']}; sampling {protocol['sampling_protocol']}; "
         f"device {protocol['device']}.", "",
-        f"Demo FID / IS use the demo classifier ({opts.ckpt_dir}/classifier.pt), not Inception: comparable only "
-        "within the demo. Class acc: the demo classifier's accuracy on the generated samples (chance 10 %). "
-        "Latency: end-to-end median per batch, CPU; speedups are full's latency / the method's.", "",
+        f"Rows: full and the training-free methods on the shipped demo VAR ({var_file_name(opts)}), variant and "
+        f"full@supernet on the fine-tuned supernet ({export.name}). Demo FID / IS / class accuracy use the demo "
+        f"classifier ({opts.ckpt_dir}/classifier.pt), not Inception: comparable only within the demo (class "
+        "accuracy: chance 10 %). ± is a bootstrap standard error over the images. Latency: end-to-end median per "
+        "batch, CPU." + (f" Left out: {'; '.join(skipped)}." if skipped else ""), "",
         table, "",
         "Stage times: " + ", ".join(f"{k.split(' (')[0]}: {v:.0f} s" for k, v in stages.times.items()), "",
-        f"Per-budget reports: {', '.join(str(run_dir / f'eval_d{d}' / 'report.md') for d in depths)}; "
-        f"plot: {plot}"])
+        f"Per-budget reports: {', '.join(str(reports[d]['files']['markdown']) for d in depths)}; summary with its "
+        f"plots: {run_dir / 'summary' / 'summary.md'}"])
     (run_dir / "summary.md").write_text(text + "\n")
-    summary = {"run_dir": str(run_dir), "wall_s": wall, "quick": opts.quick, "depths": list(depths), "rows": rows,
-               "stage_s": stages.times, "export": str(export), "plot": str(plot),
-               "accuracy": {str(d): a for d, a in accuracies.items()}}
+    summary = {"run_dir": str(run_dir), "wall_s": wall, "quick": opts.quick, "depths": list(depths),
+               "rows": result["rows"], "plots": [str(run_dir / "summary" / p) for p in result["plots"]],
+               "reports": {str(d): reports[d]["files"]["json"] for d in depths}, "stage_s": stages.times,
+               "export": str(export)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     log("\n" + text)
     return summary
+
+
+def var_file_name(opts: DemoOptions) -> str:
+    from varianttrain.demo.artifacts import var_file
+
+    return var_file(opts.ckpt_dir).name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

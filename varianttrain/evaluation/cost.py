@@ -6,22 +6,26 @@ decode excluded) and `repeats` timed calls of ``generate(decode=True)`` (end-to-
 median is reported (robust to a stray slow call), the mean and min are kept. Timing uses CUDA events with a synchronize
 on GPU and `time.perf_counter` on CPU. Labels are ``arange(B) % classes``, seeds fixed.
 
-Peak memory:
-* GPU: ``torch.cuda.max_memory_allocated`` over one end-to-end call after ``reset_peak_memory_stats`` -- tensors
-  only (weights, KV caches, activations), not the caching allocator's reserve;
-* CPU: torch's CPU allocator has no peak counter and tracemalloc does not see tensor memory, so the number is
-  ``bytes of parameters and buffers (VAR + VQVAE) + peak of live tensor bytes allocated during one end-to-end
-  call`` (from the profiler's memory events). Comparable to the GPU figure in meaning, not in value; it is not
-  the process RSS.
+Peak memory = the bytes of parameters and buffers of the models the method uses (its VAR, CoDe's refiner too,
+and the VQVAE) + the peak of tensor memory allocated on top of them during one end-to-end call:
+* GPU: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated before the
+  call (other models of the run may be resident and must not be charged to this method); tensors only, not the
+  caching allocator's reserve;
+* CPU: torch's CPU allocator has no peak counter and tracemalloc does not see tensor memory, so the activation
+  peak is the peak of live tensor bytes from the profiler's memory events (its native log lines are kept off the
+  terminal, `quiet_native_output`). Comparable to the GPU figure in meaning, not in value; it is not the RSS.
 KV bytes are `SampleOutput.kv_cache_bytes`, FLOPs are `SampleOutput.flops` (what the sampler executed for the plan
 actually used), both per batch and per image.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -48,7 +52,8 @@ class CostRow:
     images_per_s: float  # batch_size / e2e_s
     peak_memory_bytes: int | None
     peak_memory_kind: str  # how peak_memory_bytes was measured (see module docstring)
-    kv_cache_bytes: int
+    kv_cache_bytes: int  # peak of the call (CoDe: the larger of its two models' caches; they never coexist)
+    kv_cache_bytes_by_model: list[int]  # per model the call used, in order (CoDe: drafter, refiner)
     flops: int  # per call
     flops_per_image: float
     warmup: int
@@ -80,11 +85,36 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def quiet_native_output() -> Iterator[None]:
+    """Send what native code writes to file descriptors 1 and 2 to /dev/null for the duration.
+
+    The CPU profiler's C++ backend prints tracing lines ("USDT: ... profiler_start") and a failed GPU probe
+    ("gpuGetDeviceCount failed") straight to the descriptors, past Python's streams; they are noise in a CPU
+    run's log. Python-level output is flushed first and restored afterwards; an exception still propagates.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def _cpu_peak_bytes(fn) -> int:
     """Peak of live tensor bytes allocated while `fn` runs, from the profiler's allocation events."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_native_output(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
@@ -96,8 +126,12 @@ def _cpu_peak_bytes(fn) -> int:
 
 def measure_cost(var: VAR, vqvae: torch.nn.Module, method: SamplingMethod, sampling: SamplingConfig,
                  batch_sizes: Sequence[int] = (1, 16, 64), warmup: int = 3, repeats: int = 10,
-                 device: torch.device | str = "cpu", seed: int = 0) -> list[CostRow]:
-    """Latency, throughput, memory, KV bytes and FLOPs of `method` at each batch size."""
+                 device: torch.device | str = "cpu", seed: int = 0,
+                 extra_models: Sequence[torch.nn.Module] = ()) -> list[CostRow]:
+    """Latency, throughput, memory, KV bytes and FLOPs of `method` at each batch size.
+
+    `extra_models`: further models the method runs (CoDe's refiner); their weights count in its peak memory.
+    """
     device = torch.device(device)
     if repeats < 1 or warmup < 0:
         raise ValueError(f"cost: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
@@ -114,15 +148,18 @@ def measure_cost(var: VAR, vqvae: torch.nn.Module, method: SamplingMethod, sampl
             call(labels, True)
         model_t = [_timed(lambda: call(labels, False), device) for _ in range(repeats)]  # noqa: B023 - used at once
         e2e_t = [_timed(lambda: call(labels, True), device) for _ in range(repeats)]  # noqa: B023
+        weights = _module_bytes(var, vqvae, *extra_models)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+            resident = torch.cuda.memory_allocated(device)
             call(labels, True)
             torch.cuda.synchronize(device)
-            peak, kind = int(torch.cuda.max_memory_allocated(device)), "cuda.max_memory_allocated"
+            peak = weights + int(torch.cuda.max_memory_allocated(device)) - resident
+            kind = "cuda: weights of the models used + max_memory_allocated above the resident tensors"
         else:
-            peak = _module_bytes(var, vqvae) + _cpu_peak_bytes(lambda: call(labels, True))  # noqa: B023
-            kind = "cpu: weights + profiler peak of live tensors"
+            peak = weights + _cpu_peak_bytes(lambda: call(labels, True))  # noqa: B023
+            kind = "cpu: weights of the models used + profiler peak of live tensors"
         out = last["out"]
         e2e = statistics.median(e2e_t)
         rows.append(CostRow(
@@ -130,6 +167,8 @@ def measure_cost(var: VAR, vqvae: torch.nn.Module, method: SamplingMethod, sampl
             model_s=statistics.median(model_t), e2e_s=e2e, model_s_mean=statistics.fmean(model_t),
             e2e_s_mean=statistics.fmean(e2e_t), model_s_min=min(model_t), e2e_s_min=min(e2e_t),
             images_per_s=B / e2e if e2e > 0 else float("inf"), peak_memory_bytes=peak, peak_memory_kind=kind,
-            kv_cache_bytes=int(out.kv_cache_bytes), flops=int(out.flops), flops_per_image=out.flops / B,
+            kv_cache_bytes=int(out.kv_cache_bytes),
+            kv_cache_bytes_by_model=[int(b) for b in out.kv_cache_bytes_by_model],
+            flops=int(out.flops), flops_per_image=out.flops / B,
             warmup=warmup, repeats=repeats))
     return rows

@@ -2,8 +2,9 @@
 the same seed.
 
 Meaningful only because every method draws its random numbers exactly like the full model (one multinomial draw per
-token of every scale, in the same order; tested in tests/test_rng_consumption.py): image i of any method starts from
-the same random stream as image i of the full model, so the pair differs only by what the method changed. Computed
+token of every scale, in the same order; tested in tests/test_rng_consumption.py and checked by every run on its
+first image): image i of any method starts from the same random stream as image i of the full model, so the pair
+differs only by what the method changed. Computed
 with torchmetrics on [0, 1] images (data range 1); PSNR of two identical images is +inf and is reported as such.
 """
 
@@ -45,14 +46,19 @@ def pair_scores(method_B3HW: torch.Tensor, full_B3HW: torch.Tensor) -> tuple[tor
     return psnr, ssim
 
 
-def folder_fidelity(method_dir: Path, full_dir: Path, names: Sequence[str], batch: int = 64) -> FidelityScores:
-    """Scores of the PNGs `names` in `method_dir` against the same names in `full_dir`."""
+def folder_fidelity(method_dir: Path, full_dir: Path, names: Sequence[str], batch: int = 64,
+                    device: torch.device | str = "cpu") -> FidelityScores:
+    """Scores of the PNGs `names` in `method_dir` against the same names in `full_dir` (computed on `device`)."""
+    from varianttrain.evaluation.progress import progress_bar
+
     psnr, ssim = [], []
-    for i in range(0, len(names), batch):
-        chunk = names[i:i + batch]
-        a = torch.stack([load_image(method_dir / n) for n in chunk])
-        b = torch.stack([load_image(full_dir / n) for n in chunk])
-        p, s = pair_scores(a, b)
-        psnr.append(p.double().numpy())
-        ssim.append(s.double().numpy())
+    with progress_bar(total=len(names), desc=f"fidelity {method_dir.parent.name}") as bar:
+        for i in range(0, len(names), batch):
+            chunk = names[i:i + batch]
+            a = torch.stack([load_image(method_dir / n) for n in chunk]).to(device)
+            b = torch.stack([load_image(full_dir / n) for n in chunk]).to(device)
+            p, s = pair_scores(a, b)
+            psnr.append(p.double().cpu().numpy())
+            ssim.append(s.double().cpu().numpy())
+            bar.update(len(chunk))
     return FidelityScores(np.concatenate(psnr), np.concatenate(ssim))

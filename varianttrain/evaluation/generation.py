@@ -8,11 +8,18 @@ Resuming: a batch whose PNGs all exist is skipped without running the model. A b
 (a run killed in the middle of writing it, or files deleted by hand) is sampled again as a whole -- so every image
 keeps the exact batch it has in a fresh run, see `seeds` -- but only the missing files are written; existing PNGs
 are never rewritten. Each PNG is written to a temporary name and renamed, so a killed run leaves no half-written
-image under a final name. The manifest guards against mixing samples of different settings in one folder.
+image under a final name.
+
+The manifest is the identity of a sample folder: the method, its knobs and plan, the budget, the sampling protocol
+and settings, the seeds, the rounding, the image size, and the SHA-256 of every weight file that made the images
+(the VAR with its EMA choice, CoDe's refiner, the VQVAE). A folder whose manifest differs in any of them, or that
+holds PNGs without a manifest, is refused (`ManifestMismatch`): its images are never credited to other settings.
+A full or read-only disk while writing stops the run with `OutputWriteError`; finished images are kept.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -33,13 +40,19 @@ from varianttrain.sampling.config import SamplingConfig
 from varianttrain.sampling.rng import TokenRNG
 from varianttrain.sampling.sampler import SamplingMethod, generate
 
-# Manifest fields that change the images: a resumed run must agree on all of them.
-IDENTITY_KEYS = ("method", "method_knobs", "budget", "sampling", "seed", "seed_rule", "rounding", "var_checkpoint",
-                 "image_size")
+# Manifest fields that change the images: a resumed run must agree on all of them. "weights" holds fingerprints
+# (SHA-256 + EMA choice), not paths: a moved file is the same weights, a replaced file at the same path is not.
+IDENTITY_KEYS = ("method", "method_knobs", "plan", "budget", "sampling_protocol", "sampling", "seed", "seed_rule",
+                 "rounding", "image_size", "weights")
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 class ManifestMismatch(RuntimeError):
-    """Samples already in the output folder were made with different settings."""
+    """Samples already in the output folder were made with different settings (or by something unknown)."""
+
+
+class OutputWriteError(RuntimeError):
+    """The output folder stopped accepting files (full, read-only, no permission); the message says what to do."""
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -56,8 +69,22 @@ def barrier() -> None:
 
 def _write_atomic_png(path: Path, img_3HW: torch.Tensor, rank: int) -> None:
     tmp = path.with_name(f".{path.name}.rank{rank}.tmp")
-    save_png(tmp, img_3HW)
-    os.replace(tmp, path)  # atomic on POSIX: readers see no file or the whole file
+    try:
+        save_png(tmp, img_3HW)
+        os.replace(tmp, path)  # atomic on POSIX: readers see no file or the whole file
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_png_or_stop(path: Path, img_3HW: torch.Tensor, rank: int) -> None:
+    try:
+        _write_atomic_png(path, img_3HW, rank)
+    except OSError as err:
+        if err.errno in DISK_ERRORS:
+            raise OutputWriteError(f"could not write {path}: {os.strerror(err.errno)}. The images written so far are "
+                                   "complete and kept: free space (or fix the permissions) and rerun the same command "
+                                   "to continue, or choose another --out") from err
+        raise
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -73,17 +100,24 @@ def check_manifest(method_dir: Path, manifest: dict[str, Any], warn: bool = True
         ManifestMismatch: an identity field differs (the message lists them and the two ways out).
     """
     path = method_dir / "manifest.json"
-    if path.is_file():
+    way_out = f"use another --out, or delete {method_dir} to regenerate"
+    if not path.is_file():
+        if any((method_dir / "samples").glob("*.png")):
+            raise ManifestMismatch(f"{method_dir / 'samples'} holds images but no manifest.json: what made them is "
+                                   f"unknown, so they cannot be reused; {way_out}")
+        return
+    try:
         old = json.loads(path.read_text())
-        diffs = [f"{k}: on disk {old.get(k)!r}, now {manifest.get(k)!r}" for k in IDENTITY_KEYS
-                 if json.dumps(old.get(k), sort_keys=True) != json.dumps(manifest.get(k), sort_keys=True)]
-        if diffs:
-            raise ManifestMismatch(f"{path}: the samples there were generated with other settings:\n  "
-                                   + "\n  ".join(diffs)
-                                   + f"\nUse another --out, or delete {method_dir} to regenerate.")
-        if warn and old.get("batch_size") != manifest.get("batch_size"):
-            # Images depend on their batch only through kernel numerics; keep going but say so.
-            print(f"[eval] note: {path} was started with batch_size {old.get('batch_size')}, now "
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ManifestMismatch(f"{path} is not readable JSON ({err}); {way_out}") from err
+    diffs = [f"{k}: on disk {old.get(k)!r}, now {manifest.get(k)!r}" for k in IDENTITY_KEYS
+             if json.dumps(old.get(k), sort_keys=True) != json.dumps(manifest.get(k), sort_keys=True)]
+    if diffs:
+        raise ManifestMismatch(f"{path}: the samples there were generated with other settings:\n  "
+                               + "\n  ".join(diffs) + f"\nThey are not reused: {way_out}.")
+    if warn and old.get("batch_size") != manifest.get("batch_size"):
+        # Images depend on their batch only through kernel numerics; keep going but say so.
+        print(f"[eval] note: {path} was started with batch_size {old.get('batch_size')}, now "
                   f"{manifest.get('batch_size')}; resumed images may differ in the last bits", file=sys.stderr)
 
 
@@ -111,7 +145,7 @@ def _npz_up_to_date(npz: Path, paths: Sequence[Path], labels: Sequence[int]) -> 
     try:
         with np.load(npz) as packed:  # lazy: reads only arr_1, not the images
             return "arr_1" in packed.files and packed["arr_1"].tolist() == list(labels)
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - a damaged file (bad zip, truncated npy, ...) is simply packed again
         return False
 
 
@@ -138,27 +172,28 @@ def generate_samples(var: VAR, vqvae: torch.nn.Module, method: SamplingMethod, s
     for stale in sample_dir.glob(f".*.rank{rank}.tmp"):  # left by a killed run of this rank
         stale.unlink(missing_ok=True)
     flops, kv, start = [], [], time.perf_counter()
-    for j, batch in enumerate(mine):
-        paths = [sample_dir / sample_name(it.label, it.index) for it in batch]
-        missing = [i for i, p in enumerate(paths) if not p.is_file()]
-        if not missing:
-            result.skipped += len(batch)
-            continue
-        labels = torch.tensor([it.label for it in batch], dtype=torch.int64, device=device)
-        rng = TokenRNG.per_image([it.seed for it in batch], device=device)
-        out = generate(var, vqvae, labels, sampling, rng, method=method, decode=True)
-        images = to_uint8(out.images_B3HW, rounding).cpu()
-        for i in missing:
-            _write_atomic_png(paths[i], images[i], rank)
-        result.written += len(missing)
-        result.skipped += len(batch) - len(missing)
-        result.batches_sampled += 1
-        flops.append(out.flops / len(batch))
-        kv.append(out.kv_cache_bytes / len(batch))
-        if log is not None and (j + 1) % 10 == 0:
-            rate = result.written / max(time.perf_counter() - start, 1e-9)
-            log(f"[{result.method}] rank {rank}: batch {j + 1}/{len(mine)}, {result.written} written "
-                f"({rate:.2f} img/s)")
+    from varianttrain.evaluation.progress import progress_bar
+
+    with progress_bar(total=sum(len(b) for b in mine), desc=f"sampling {result.method}") as bar:
+        for batch in mine:
+            paths = [sample_dir / sample_name(it.label, it.index) for it in batch]
+            missing = [i for i, p in enumerate(paths) if not p.is_file()]
+            if not missing:
+                result.skipped += len(batch)
+                bar.update(len(batch))
+                continue
+            labels = torch.tensor([it.label for it in batch], dtype=torch.int64, device=device)
+            rng = TokenRNG.per_image([it.seed for it in batch], device=device)
+            out = generate(var, vqvae, labels, sampling, rng, method=method, decode=True)
+            images = to_uint8(out.images_B3HW, rounding).cpu()
+            for i in missing:
+                _write_png_or_stop(paths[i], images[i], rank)
+            result.written += len(missing)
+            result.skipped += len(batch) - len(missing)
+            result.batches_sampled += 1
+            flops.append(out.flops / len(batch))
+            kv.append(out.kv_cache_bytes / len(batch))
+            bar.update(len(batch))
     result.seconds = time.perf_counter() - start
     if flops:
         result.flops_per_image = sum(flops) / len(flops)
@@ -173,7 +208,13 @@ def generate_samples(var: VAR, vqvae: torch.nn.Module, method: SamplingMethod, s
         npz = method_dir / "samples.npz"
         # A resumed run that found everything done keeps the packed file (packing 50k PNGs takes minutes).
         if not _npz_up_to_date(npz, all_paths, [it.label for it in items]):
-            pack_adm_npz(all_paths, npz, expected_count=len(items), labels=[it.label for it in items])
+            try:
+                pack_adm_npz(all_paths, npz, expected_count=len(items), labels=[it.label for it in items])
+            except OSError as err:
+                if err.errno in DISK_ERRORS:
+                    raise OutputWriteError(f"could not write {npz}: {os.strerror(err.errno)}; the samples are "
+                                           "complete: free space (or set generation.save_npz=false) and rerun") from err
+                raise
         result.npz = npz
     barrier()
     return result

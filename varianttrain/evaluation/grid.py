@@ -35,7 +35,7 @@ def side_by_side_grid(rows: Sequence[tuple[str, Path]], columns: Sequence[WorkIt
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for j, it in enumerate(columns):
-        draw.text((LABEL_WIDTH + j * (side + MARGIN) + MARGIN, 2), f"class {it.label}", fill="black")
+        draw.text((LABEL_WIDTH + j * (side + MARGIN) + MARGIN, 2), f"class {it.label} #{it.index}", fill="black")
     for i, (label, folder) in enumerate(rows):
         y = HEADER + i * (side + MARGIN) + MARGIN
         for k, line in enumerate(_wrap(label, 30)[:max(1, side // 12)]):

@@ -20,6 +20,14 @@ IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg")
 RoundingRule = Literal["truncate", "round"]
 
 
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded (truncated, damaged, not an image); `path` names it."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path} is not a readable image ({reason})")
+        self.path = Path(path)
+
+
 def to_uint8(img_B3HW: torch.Tensor, rule: RoundingRule = "truncate") -> torch.Tensor:
     """Quantise float images in [0, 1] to ``uint8`` with an explicit rule.
 
@@ -96,12 +104,21 @@ def adm_center_crop(pil_image: Image.Image, image_size: int) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike, image_size: int | None = None) -> torch.Tensor:
-    """Load one image as ``uint8`` RGB ``(3, H, W)``; with ``image_size`` apply :func:`adm_center_crop`."""
-    with Image.open(path) as pil_image:
-        if image_size is None:
-            arr_HW3 = np.asarray(pil_image.convert("RGB"))
-        else:
-            arr_HW3 = adm_center_crop(pil_image, image_size)
+    """Load one image as ``uint8`` RGB ``(3, H, W)``; with ``image_size`` apply :func:`adm_center_crop`.
+
+    Raises:
+        UnreadableImage: the file cannot be decoded (the message names it).
+    """
+    try:
+        with Image.open(path) as pil_image:
+            if image_size is None:
+                arr_HW3 = np.asarray(pil_image.convert("RGB"))
+            else:
+                arr_HW3 = adm_center_crop(pil_image, image_size)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError (an OSError), truncated data
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise UnreadableImage(path, f"{type(err).__name__}: {err}") from err
     # np.array copies: PIL's buffer is read-only, and the crop is a view.
     return torch.from_numpy(np.array(arr_HW3)).permute(2, 0, 1).contiguous()
 

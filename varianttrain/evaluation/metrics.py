@@ -382,11 +382,13 @@ def extract_pool_features(
 # ----------------------------------------------------------------------------------------------- reference statistics
 @dataclass(frozen=True)
 class ReferenceStats:
-    """FID reference statistics: ``mu (F,)``, ``sigma (F, F)`` float64, and the sample count when known."""
+    """FID reference statistics: ``mu (F,)``, ``sigma (F, F)`` float64, the sample count when known, and the files
+    of a reference folder that could not be read (skipped and counted)."""
 
     mu: np.ndarray
     sigma: np.ndarray
     num_samples: int | None = None
+    skipped: tuple[str, ...] = ()
 
 
 def load_reference_stats(path: str | os.PathLike) -> ReferenceStats:
@@ -448,22 +450,40 @@ def reference_stats_from_folder(
     batch_size: int = 100,
     device: str | torch.device = "cpu",
     image_size: int = 256,
-    recursive: bool = False,
+    recursive: bool = True,
 ) -> ReferenceStats:
-    """Statistics of a folder of real images (png/jpg/jpeg, sorted), streamed in batches of ``batch_size``.
+    """Statistics of a folder of real images (png/jpg/jpeg, sorted; class subfolders included unless
+    ``recursive=False``), streamed in batches of ``batch_size``.
 
     Every image goes through :func:`~varianttrain.evaluation.images.adm_center_crop` to ``image_size`` — the rule
     ADM used for its ImageNet reference batches — so the reference sees what the generator is asked to produce;
-    Inception's own resize to 299 happens inside the extractor (docs/REFERENCES.md L11: never resize to 299 yourself).
+    Inception's own resize to 299 happens inside the extractor (docs/REFERENCES.md L11: never resize to 299
+    yourself). A file that cannot be decoded is skipped and listed in ``ReferenceStats.skipped`` (a damaged JPEG in
+    a 50 000-image folder should not end the run; the count is reported).
     """
+    from varianttrain.evaluation.images import UnreadableImage
+    from varianttrain.evaluation.progress import progress_bar
+
     paths = list_images(folder, IMAGE_EXTENSIONS, recursive)
     if len(paths) < 2:
         raise FileNotFoundError(f"need at least 2 images (png/jpg/jpeg) in {folder} for statistics, found {len(paths)}")
     acc = MetricsAccumulator(extractor, device=device, keep_logits=False)
-    for i in range(0, len(paths), batch_size):
-        acc.update(torch.stack([load_image(p, image_size) for p in paths[i : i + batch_size]]))
+    skipped: list[str] = []
+    with progress_bar(total=len(paths), desc="reference statistics") as bar:
+        for i in range(0, len(paths), batch_size):
+            images = []
+            for p in paths[i : i + batch_size]:
+                try:
+                    images.append(load_image(p, image_size))
+                except UnreadableImage as err:
+                    skipped.append(str(err.path))
+            if images:
+                acc.update(torch.stack(images))
+            bar.update(len(paths[i : i + batch_size]))
+    if acc.stats.n < 2:
+        raise FileNotFoundError(f"{folder}: fewer than 2 readable images ({len(skipped)} unreadable)")
     mu, sigma = acc.stats.mean_cov()
-    return ReferenceStats(mu, sigma, acc.stats.n)
+    return ReferenceStats(mu, sigma, acc.stats.n, tuple(skipped))
 
 
 # -------------------------------------------------------------------------------------------------------- accumulator
@@ -501,6 +521,8 @@ class MetricsAccumulator:
         self._logits: list[torch.Tensor] = []
         self._features: list[torch.Tensor] = []
         self._indices: list[torch.Tensor] = []
+        self.gathered_logits_NK: torch.Tensor | None = None  # set by compute() on rank 0
+        self.gathered_features_NF: torch.Tensor | None = None
 
     @torch.no_grad()  # not inference_mode: the sums must stay ordinary tensors that can be updated/merged later
     def update(self, images_B3HW: torch.Tensor, indices_B: torch.Tensor | None = None) -> None:
@@ -582,6 +604,8 @@ class MetricsAccumulator:
             )
         if feats_NF is not None and ref_features_NF is not None:
             out["precision"], out["recall"] = precision_recall(ref_features_NF.to(self.device), feats_NF, k=pr_k)
+        # Per-image values in global-index order, for noise estimates (`uncertainty`): rank 0 only.
+        self.gathered_logits_NK, self.gathered_features_NF = logits_NK, feats_NF
         return out
 
     def state_dict(self) -> dict:

@@ -1,18 +1,24 @@
-"""The evaluation runner behind `eval.py`: sample every method on the same (class, index, seed) work list, compute
-FID / IS, measure cost, and write the report.
+"""The evaluation runner behind `eval.py`: every row samples the same (class, index, seed) work list; FID / IS with
+their noise, fidelity to the full model, cost, a side-by-side grid, and the report.
 
-Order of work (errors about missing inputs come first, before hours of sampling):
-1. distributed setup (torchrun env), models, methods, Inception weights and reference statistics are loaded;
-2. per method: PNGs + ADM npz (`generation`), metrics over the PNGs on disk (so resumed runs count every image),
-   cost at each batch size (`cost`, rank 0 only; other ranks wait);
-3. `full` is also timed when it was not requested (`cost.reference_full`), so every row has a speedup;
-4. rank 0 writes ``report.json`` / ``report.md`` / ``pareto.png`` (`report`) and ``<method>/result.json``.
+Order of work (a missing or inconsistent input fails first, in seconds, before hours of sampling):
+1. pre-flight (`preflight`): every input checked, every problem reported at once, no model built yet;
+2. fingerprints: SHA-256 of every weight file (rank 0, cached), which name each row's weights in the report and tie
+   each sample folder to the weights that made it;
+3. models built without random init and loaded from memory-mapped files; every method built (a knob the model
+   cannot run fails now); every row's sample folder checked against its manifest;
+4. extractor and reference statistics loaded;
+5. per row (`rows`): PNGs + ADM npz (`generation`), metrics over the PNGs on disk, cost (`cost`, rank 0);
+6. noise (`uncertainty`: paired bootstrap over images), per-image fidelity to the full model (`fidelity`), the
+   random-number check (every row draws exactly as the full model does), the grid (`grid`);
+7. rank 0 writes ``report.json`` / ``report.md`` / ``pareto.png`` / ``grid.png`` and ``<row>/result.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import sys
@@ -24,29 +30,47 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from varianttrain.checkpoints import CheckpointError, load_demo_extractor, load_var, load_var_with_metadata, load_vqvae
+from varianttrain.checkpoints import CheckpointError, load_demo_extractor, load_vqvae
 from varianttrain.config_io import apply_overrides, from_dict, load_config, to_dict
 from varianttrain.evaluation.config import EvalConfig
 from varianttrain.evaluation.cost import measure_cost
-from varianttrain.evaluation.generation import barrier, dist_rank_world, generate_samples
-from varianttrain.evaluation.images import load_image
-from varianttrain.evaluation.report import PUBLISHED, write_report
-from varianttrain.evaluation.seeds import class_list, sample_name, work_list
-from varianttrain.methods.budget import DEFAULT_BRIDGE_SCALES, DepthBudget
-from varianttrain.methods.registry import build_method, check_method_options, resolve_methods
+from varianttrain.evaluation.generation import (
+    ManifestMismatch,
+    barrier,
+    check_manifest,
+    dist_rank_world,
+    generate_samples,
+)
+from varianttrain.evaluation.images import UnreadableImage, load_image
+from varianttrain.evaluation.inputs import EvalInputError
+from varianttrain.evaluation.preflight import Preflight, preflight
+from varianttrain.evaluation.provenance import software
+from varianttrain.evaluation.report import PUBLISHED, report_paths, write_report
+from varianttrain.evaluation.rows import Row
+from varianttrain.evaluation.seeds import WorkItem, sample_name
+from varianttrain.evaluation.uncertainty import (
+    Z_SIGNIFICANT,
+    PerImage,
+    bootstrap_indices,
+    resample_row,
+    row_differences,
+    row_noise,
+)
+from varianttrain.evaluation.weights import EmptyInit, Fingerprints, build_var
+from varianttrain.methods.registry import build_method
 from varianttrain.methods.spec import MethodOptions
 from varianttrain.models.var import VAR
-from varianttrain.models.vqvae import VQVAE
-from varianttrain.sampling.sampler import SamplingMethod, StaticPlanMethod
+from varianttrain.sampling.rng import TokenRNG
+from varianttrain.sampling.sampler import SamplingMethod, StaticPlanMethod, generate
 
+__all__ = ["EvalInputError", "ManifestMismatch", "build_config", "run"]
 
-class EvalInputError(RuntimeError):
-    """A required input (file or config key) is missing or inconsistent; the message says how to fix it."""
+FINGERPRINT_CACHE = ".sha256-cache.json"  # in the output root: hashes of weight files, by path, size and mtime
 
 
 # ------------------------------------------------------------------------------------------------------ set-up
 def build_config(path: str | Path | None, overrides: Sequence[str] = ()) -> EvalConfig:
-    """`EvalConfig` from a YAML file (or the defaults when `path` is None) plus ``key=value`` overrides."""
+    """`EvalConfig` from a YAML file (or the class defaults when `path` is None) plus ``key=value`` overrides."""
     if path is not None:
         return load_config(EvalConfig, path, overrides)
     return from_dict(EvalConfig, apply_overrides({}, overrides), where="command line")
@@ -71,114 +95,63 @@ def init_distributed(device_setting: str) -> tuple[torch.device, bool]:
     return device, created
 
 
-def _require_file(path: Path | None, key: str, flag: str, what: str) -> Path:
-    if path is None:
-        raise EvalInputError(f"no {what} given: set {key} in the config or pass {flag}")
-    if not Path(path).is_file():
-        raise EvalInputError(f"{what} {path} not found (config key {key}, flag {flag}); see docs/EVALUATION.md")
-    return Path(path)
+def _log(msg: str) -> None:
+    if dist_rank_world()[0] == 0:
+        print(msg, file=sys.stderr, flush=True)
 
 
-def build_budget(cfg: EvalConfig, var: VAR, meta: dict[str, Any]) -> DepthBudget:
-    """The run's `DepthBudget`: config first, then export metadata, then defaults (N = 6, full depth)."""
-    b = cfg.budget
-    bridge = b.bridge_scales
-    if bridge is None:
-        bridge = meta.get("bridge_scales", meta.get("bridge_n", DEFAULT_BRIDGE_SCALES))
-    bridge = min(int(bridge), len(var.patch_nums))  # a tiny test pyramid may have fewer than N scales
-    subsets_raw = meta.get("layer_subsets") or {}
-    subsets = {int(d): tuple(int(x) for x in blocks) for d, blocks in subsets_raw.items()}
-    choices = tuple(int(d) for d in meta.get("depth_choices", b.depth_choices))
-    return DepthBudget(total_depth=var.depth, patch_nums=var.patch_nums, depth=b.depth or var.depth,
-                       bridge_scales=bridge, subset_rule=meta.get("subset_rule", b.subset_rule),
-                       depth_choices=tuple(c for c in choices if c < var.depth), layer_subsets=subsets,
-                       reference_scale=b.reference_scale)
+# ------------------------------------------------------------------------------------------------ models
+def weight_fingerprints(pre: Preflight, cfg: EvalConfig, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """{role: {file, sha256, ema, kind}} of every weight file (VQVAE included), hashed on rank 0 and shared."""
+    rank, _ = dist_rank_world()
+    out: dict[str, dict[str, Any]] | None = None
+    if rank == 0:
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)  # checked writable by the pre-flight
+        hashes = Fingerprints(cfg.out_dir / FINGERPRINT_CACHE, log)
+        out = {}
+        for role, w in pre.weights.items():
+            digest = hashes.sha256(w.path)
+            if w.sidecar is not None:  # an export is its weights and its metadata (subsets, bridge)
+                digest = hashlib.sha256((digest + hashes.sha256(w.sidecar)).encode()).hexdigest()
+            out[role] = {"file": str(w.path), "sha256": digest, "ema": w.ema, "kind": w.kind}
+        out["vqvae"] = {"file": str(pre.vqvae.path), "sha256": hashes.sha256(pre.vqvae.path)}
+    if dist.is_available() and dist.is_initialized():
+        box = [out]
+        dist.broadcast_object_list(box, src=0)
+        out = box[0]
+    return out
 
 
-def load_extractor(cfg: EvalConfig, device: torch.device) -> Callable:
-    """Inception (torch-fidelity, from the weights file) or the demo classifier, on `device`."""
-    m = cfg.metrics
-    if m.extractor == "inception":
-        from varianttrain.evaluation.metrics import load_inception
-
-        return load_inception(m.inception_weights, device)  # raises naming the file and where to put it
-    path = _require_file(m.demo_classifier, "metrics.demo_classifier", "--set metrics.demo_classifier=PATH",
-                         "demo classifier checkpoint")
+def load_models(pre: Preflight, cfg: EvalConfig, device: torch.device) -> tuple[dict[str, VAR], torch.nn.Module]:
+    """The VARs of every role (one object when two roles name the same file) and the VQVAE, frozen, on `device`."""
+    models: dict[str, VAR] = {}
+    by_file: dict[Path, VAR] = {}
     try:
-        return load_demo_extractor(path).to(device).eval()
-    except CheckpointError as err:
-        raise EvalInputError(f"metrics.demo_classifier: {err}") from err
-
-
-def _load_second_var(path: str, patch_nums: Sequence[int], device: torch.device) -> VAR:
-    """The methods' `model_loader`: a file that does not fit is an input error (eval.py reports it)."""
-    try:
-        return load_var(Path(path), patch_nums, device)
+        for role, w in pre.weights.items():
+            key = w.path.resolve()
+            if key not in by_file:
+                by_file[key] = build_var(w.config, w.state, device)
+            models[role] = by_file[key]
+        with EmptyInit():  # every value is loaded strictly right after construction
+            vqvae = load_vqvae(pre.vqvae.path, pre.model_config.patch_nums, cfg.model.vqvae_ch, device)
     except CheckpointError as err:
         raise EvalInputError(str(err)) from err
+    return models, vqvae
 
 
-def _uint8_batches(paths: Sequence[Path], batch: int, image_size: int | None = None):
-    for i in range(0, len(paths), batch):
-        yield torch.stack([load_image(p, image_size) for p in paths[i:i + batch]])
+def build_methods(pre: Preflight, cfg: EvalConfig, models: dict[str, VAR]) -> dict[str, SamplingMethod]:
+    """Every row's method, built before any sampling: a knob this model cannot run fails now, not hours later."""
+    methods = {}
+    for row in pre.plan.rows:
+        options = MethodOptions(budget=pre.budget.budget, knobs=dict(cfg.method_options.get(row.method, {})),
+                                refiner=models.get("refiner"))
+        try:
+            methods[row.id] = build_method(row.method, models[row.weights], options)
+        except ValueError as err:  # e.g. a block or scale index the model does not have
+            raise EvalInputError(f"method {row.method}: {err}") from err
+    return methods
 
 
-def load_reference(cfg: EvalConfig, extractor: Callable, device: torch.device, image_size: int):
-    """(reference statistics, reference features for precision/recall or None)."""
-    from varianttrain.evaluation.images import list_images
-    from varianttrain.evaluation.metrics import load_reference_stats, reference_stats_from_folder
-
-    m = cfg.metrics
-    ref_feats = None
-    if m.ref_stats is not None:
-        ref = load_reference_stats(m.ref_stats)  # raises naming the file, the ADM batch and where to put it
-        if m.precision_recall:
-            with np.load(m.ref_stats) as npz:
-                if "arr_0" not in npz.files:
-                    raise EvalInputError(f"metrics.precision_recall needs reference images: {m.ref_stats} has no "
-                                         "arr_0 (use the full VIRTUAL_imagenet256_labeled.npz or metrics.ref_folder)")
-                arr = npz["arr_0"]
-            ref_feats = _features(extractor, (torch.from_numpy(arr[i:i + m.feature_batch_size]).permute(0, 3, 1, 2)
-                                              for i in range(0, len(arr), m.feature_batch_size)), device)
-        return ref, ref_feats
-    if m.ref_folder is None:
-        raise EvalInputError("FID needs reference statistics: pass --ref-stats VIRTUAL_imagenet256_labeled.npz "
-                             "(config key metrics.ref_stats) or metrics.ref_folder=<folder of real images>; "
-                             "see docs/EVALUATION.md. Use --no-fid to skip metrics.")
-    ref = reference_stats_from_folder(m.ref_folder, extractor, batch_size=m.feature_batch_size, device=device,
-                                      image_size=image_size)
-    if m.precision_recall:
-        paths = list_images(m.ref_folder)
-        ref_feats = _features(extractor, _uint8_batches(paths, m.feature_batch_size, image_size), device)
-    return ref, ref_feats
-
-
-@torch.inference_mode()
-def _features(extractor: Callable, batches, device: torch.device) -> torch.Tensor:
-    # Same extraction path as the samples' features (no TF32), so both sides of precision/recall are alike.
-    from varianttrain.evaluation.metrics import extract_pool_features
-
-    return extract_pool_features(extractor, batches, device)
-
-
-def compute_metrics(cfg: EvalConfig, extractor: Callable, sample_dir: Path, items, ref, ref_feats,
-                    device: torch.device) -> dict[str, float] | None:
-    """FID / IS (/ P-R) of the PNGs on disk; collective. Ranks take every world-th image; dict on rank 0."""
-    from varianttrain.evaluation.metrics import MetricsAccumulator
-
-    rank, world = dist_rank_world()
-    mine = list(items)[rank::world]
-    acc = MetricsAccumulator(extractor, device=device, keep_logits=True, keep_features=ref_feats is not None,
-                             batch_size=cfg.metrics.feature_batch_size)
-    step = cfg.metrics.feature_batch_size
-    for i in range(0, len(mine), step):
-        chunk = mine[i:i + step]
-        images = torch.stack([load_image(sample_dir / sample_name(it.label, it.index)) for it in chunk])
-        acc.update(images, torch.tensor([it.global_index for it in chunk]))
-    return acc.compute(ref=ref, ref_features_NF=ref_feats, is_splits=min(cfg.metrics.is_splits, len(items)))
-
-
-# ------------------------------------------------------------------------------------------------------- helpers
 def describe_method(method: SamplingMethod) -> str:
     if isinstance(method, StaticPlanMethod):
         return method.plan.describe()
@@ -186,46 +159,219 @@ def describe_method(method: SamplingMethod) -> str:
     return describe() if callable(describe) else type(method).__name__
 
 
-def protocol_header(cfg: EvalConfig, sampling, budget: DepthBudget, var: VAR, n_items: int, world: int,
-                    device: torch.device, vqvae_path: Path, vqvae: VQVAE) -> dict[str, Any]:
+def row_weights(row: Row, fingerprints: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The fingerprints of the weights a row samples with (CoDe: its refiner too) and the VQVAE."""
+    from varianttrain.methods.registry import get_method
+
+    out = {"model": fingerprints[row.weights], "vqvae": fingerprints["vqvae"]["sha256"]}
+    for extra in get_method(row.method).needs:
+        out[extra] = fingerprints[extra]
+    return out
+
+
+def identity_hash(manifest: dict[str, Any], items: Sequence[WorkItem]) -> str:
+    """What makes two rows the same run whatever budget they were asked for: everything but the budget, and the
+    images it was scored on (a folder's manifest leaves the image count out, since a run may add images to it; two
+    reports of one folder with 100 and 500 images are different numbers)."""
+    keep = {k: v for k, v in manifest.items() if k not in ("budget", "batch_size", "weights_files")}
+    keep["images"] = [(it.label, it.index) for it in items]
+    keep["weights"] = {k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "file"})
+                       for k, v in manifest["weights"].items()}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def row_manifest(row: Row, method: SamplingMethod, cfg: EvalConfig, pre: Preflight, sampling,
+                 fingerprints: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    g = cfg.generation
+    weights = row_weights(row, fingerprints)
+    return {"method": row.method, "method_knobs": dict(cfg.method_options.get(row.method, {})),
+            "plan": describe_method(method), "budget": pre.budget.describe(),
+            "sampling_protocol": cfg.sampling.protocol, "sampling": dataclasses.asdict(sampling), "seed": g.seed,
+            "seed_rule": g.seed_rule, "rounding": g.rounding, "image_size": pre.image_size,
+            "weights": {k: ({kk: vv for kk, vv in v.items() if kk != "file"} if isinstance(v, dict) else v)
+                        for k, v in weights.items()},
+            "weights_files": {k: v["file"] for k, v in weights.items() if isinstance(v, dict)},
+            "batch_size": g.batch_size}
+
+
+def rng_consumption(var: VAR, vqvae: torch.nn.Module, method: SamplingMethod, sampling, item: WorkItem,
+                    device: torch.device) -> str:
+    """Fingerprint of the token generator's state after sampling one image: equal for two methods exactly when
+    they drew the same number of random numbers (one per token of every scale, in order)."""
+    rng = TokenRNG.per_image([item.seed], device=device)
+    generate(var, vqvae, torch.tensor([item.label], device=device), sampling, rng, method=method, decode=False)
+    return hashlib.sha256(rng.generators[0].get_state().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def load_extractor(cfg: EvalConfig, device: torch.device) -> Callable:
+    """Inception (torch-fidelity, from the weights file) or the demo classifier, on `device`."""
+    m = cfg.metrics
+    if m.extractor == "inception":
+        from varianttrain.evaluation.metrics import load_inception
+
+        try:
+            return load_inception(m.inception_weights, device)
+        except RuntimeError as err:  # not an Inception state dict
+            raise EvalInputError(f"metrics.inception_weights: {err}") from err
+    try:
+        return load_demo_extractor(m.demo_classifier).to(device).eval()
+    except CheckpointError as err:
+        raise EvalInputError(f"metrics.demo_classifier: {err}") from err
+
+
+def load_reference(cfg: EvalConfig, extractor: Callable, device: torch.device, image_size: int,
+                   log: Callable[[str], None]):
+    """(reference statistics, reference features for precision/recall or None)."""
+    from varianttrain.evaluation.images import IMAGE_EXTENSIONS, list_images
+    from varianttrain.evaluation.metrics import extract_pool_features, load_reference_stats, reference_stats_from_folder
+
+    m = cfg.metrics
+    ref_feats = None
+    try:
+        if m.ref_stats is not None:
+            ref = load_reference_stats(m.ref_stats)
+            if m.precision_recall:
+                with np.load(m.ref_stats) as npz:
+                    arr = npz["arr_0"]
+                log(f"[eval] precision/recall: features of the {len(arr)} reference images of {m.ref_stats}")
+                ref_feats = extract_pool_features(
+                    extractor, (torch.from_numpy(arr[i:i + m.feature_batch_size]).permute(0, 3, 1, 2)
+                                for i in range(0, len(arr), m.feature_batch_size)), device)
+            return ref, ref_feats
+        ref = reference_stats_from_folder(m.ref_folder, extractor, batch_size=m.feature_batch_size, device=device,
+                                          image_size=image_size)
+    except (ValueError, OSError) as err:
+        raise EvalInputError(f"reference statistics: {err}") from err
+    if ref.skipped:
+        log(f"[eval] warning: {len(ref.skipped)} unreadable reference image(s) skipped (first: {ref.skipped[0]})")
+    if m.precision_recall:
+        skipped = set(ref.skipped)
+        paths = [p for p in list_images(m.ref_folder, IMAGE_EXTENSIONS, recursive=True) if str(p) not in skipped]
+        batches = (torch.stack([load_image(p, image_size) for p in paths[i:i + m.feature_batch_size]])
+                   for i in range(0, len(paths), m.feature_batch_size))
+        ref_feats = extract_pool_features(extractor, batches, device)
+    return ref, ref_feats
+
+
+def compute_metrics(cfg: EvalConfig, extractor: Callable, sample_dir: Path, items: Sequence[WorkItem], ref,
+                    ref_feats, device: torch.device, classifier_classes: int | None,
+                    num_classes: int) -> tuple[dict[str, float], PerImage] | None:
+    """FID / IS (/ P-R, class accuracy) of the PNGs on disk and their per-image values; collective. Ranks take every
+    world-th image; the result on rank 0, None elsewhere."""
+    from varianttrain.evaluation.metrics import MetricsAccumulator
+    from varianttrain.evaluation.progress import progress_bar
+
+    rank, world = dist_rank_world()
+    mine = list(items)[rank::world]
+    noise = cfg.metrics.bootstrap_rounds >= 2
+    acc = MetricsAccumulator(extractor, device=device, keep_logits=True, keep_features=noise or ref_feats is not None,
+                             batch_size=cfg.metrics.feature_batch_size)
+    step = cfg.metrics.feature_batch_size
+    with progress_bar(total=len(items), desc=f"features {sample_dir.parent.name}") as bar:
+        for i in range(0, len(mine), step):
+            chunk = mine[i:i + step]
+            try:
+                images = torch.stack([load_image(sample_dir / sample_name(it.label, it.index)) for it in chunk])
+            except UnreadableImage as err:
+                raise EvalInputError(f"{err}: delete it and rerun the same command; the run samples it again") from err
+            acc.update(images, torch.tensor([it.global_index for it in chunk]))
+            bar.update(len(chunk) * world)
+    out = acc.compute(ref=ref, ref_features_NF=ref_feats, is_splits=min(cfg.metrics.is_splits, len(items)))
+    if out is None:
+        return None
+    per_image = PerImage(features_NF=acc.gathered_features_NF if noise else None,
+                         logits_NK=acc.gathered_logits_NK.double().numpy() if noise else None)
+    if classifier_classes is not None and classifier_classes == num_classes:
+        labels = np.array([it.label for it in items])
+        per_image.correct_N = acc.gathered_logits_NK.argmax(dim=1).numpy() == labels
+        out["class_accuracy"] = float(100.0 * per_image.correct_N.mean())
+        if not noise:
+            per_image.correct_N = None
+    return out, per_image
+
+
+def fidelity_over_ranks(row_dir: Path, ref_dir: Path, items: Sequence[WorkItem], device: torch.device):
+    """Per-image PSNR / SSIM of `row_dir` against `ref_dir`, split over ranks, merged on rank 0 (None elsewhere)."""
+    from varianttrain.evaluation.fidelity import FidelityScores, folder_fidelity
+
+    rank, world = dist_rank_world()
+    names = [sample_name(it.label, it.index) for it in items]
+    mine = list(range(rank, len(names), world))
+    try:
+        scores = folder_fidelity(row_dir, ref_dir, [names[i] for i in mine], device=device) if mine else None
+    except UnreadableImage as err:
+        raise EvalInputError(f"{err}: delete it and rerun the same command; the run samples it again") from err
+    parts = [(mine, scores)]
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (mine, scores))
+    if rank != 0:
+        return None
+    psnr, ssim = np.empty(len(names)), np.empty(len(names))
+    for idx, s in parts:
+        if s is not None:
+            psnr[idx], ssim[idx] = s.psnr_N, s.ssim_N
+    return FidelityScores(psnr, ssim)
+
+
+# ------------------------------------------------------------------------------------------------ report parts
+def protocol_header(cfg: EvalConfig, sampling, pre: Preflight, world: int, device: torch.device) -> dict[str, Any]:
     """Everything that defines the numbers (printed in every results file, docs/REFERENCES.md E2)."""
     g, m = cfg.generation, cfg.metrics
+    n = len(pre.items)
     return {
         "sampling_protocol": cfg.sampling.protocol,
         "sampling": dataclasses.asdict(sampling),
         "cfg_schedule": "guidance t = cfg * k / (K - 1) on logits: (1 + t) cond - t uncond",
         "rejection_sampling": "none",
-        "budget": budget.describe(),
-        "model": f"{var.config.describe()} from {cfg.model.var}" + (" (EMA)" if cfg.model.ema else ""),
-        "vqvae": str(vqvae_path),
-        "samples": f"{n_items} = {g.samples_per_class} per class x {n_items // g.samples_per_class} classes",
+        "budget": pre.budget.describe(),
+        "budget_sources": pre.budget.sources,
+        "architecture": pre.model_config.describe(),
+        "samples": f"{n} = {g.samples_per_class} per class x {n // g.samples_per_class} classes",
         "seeds": f"per image, rule '{g.seed_rule}', base seed {g.seed} (varianttrain.evaluation.seeds)",
         "batch_size": g.batch_size,
         "image_quantisation": g.rounding,
-        "image_size": vqvae.config.image_size,
-        "metrics": ("off" if not m.enabled or cfg.cost_only else
-                    f"{m.extractor} ({m.inception_weights if m.extractor == 'inception' else m.demo_classifier}), "
-                    f"reference {m.ref_stats or m.ref_folder}, feature batch {m.feature_batch_size}, "
-                    f"IS splits {m.is_splits}"),
+        "image_size": pre.image_size,
+        "metrics": ("off" if pre.metrics is None else
+                    f"{pre.metrics.kind}: {m.inception_weights if m.extractor == 'inception' else m.demo_classifier}"
+                    f", reference {m.ref_stats or m.ref_folder}, feature batch {m.feature_batch_size}, IS splits "
+                    f"{m.is_splits}"),
+        "noise": (f"paired bootstrap over images, {m.bootstrap_rounds} rounds, seed {m.bootstrap_seed}; a difference "
+                  f"exceeds the noise when |difference| > {Z_SIGNIFICANT:g} x its paired standard error"
+                  if pre.metrics is not None and m.bootstrap_rounds >= 2 else "off"),
         "cost": (f"batch sizes {list(cfg.cost.batch_sizes)}, warm-up {cfg.cost.warmup}, repeats {cfg.cost.repeats}, "
                  "median" if cfg.cost.enabled else "off"),
         "device": f"{device} x {world} rank(s)" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                                                    else " (float32: autocast_dtype applies on GPU only)"),
-        "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _published(cfg: EvalConfig, var: VAR, budget: DepthBudget, methods: Sequence[str]) -> list[str]:
-    if var.depth != 30:  # the anchors are VAR-d30 numbers
+def _published(cfg: EvalConfig, pre: Preflight, methods: Sequence[str]) -> list[str]:
+    if pre.model_config.depth != 30:  # the anchors are VAR-d30 numbers
         return []
-    keys = set(methods) | {f"variant@{budget.depth}"} if "variant" in methods else set(methods)
+    depth = pre.budget.budget.depth
+    keys = set(methods) | ({f"variant@{depth}"} if "variant" in methods else set())
     return [text for key, text in PUBLISHED.get(cfg.sampling.protocol, []) if key in keys]
 
 
-def _log(msg: str) -> None:
-    if dist_rank_world()[0] == 0:
-        print(msg, file=sys.stderr, flush=True)
+def _references(rows: list[Row]) -> tuple[Row | None, dict[str, Row | None]]:
+    """(the reference every difference is taken against, {row id: the full row its fidelity is measured against}).
+
+    The reference is the sampled full model on the base weights (else on the supernet); a row's fidelity reference
+    is the sampled full model on its own weights, else the reference. Full rows have none of their own.
+    """
+    sampled_full = [r for r in rows if r.method == "full" and not r.reference_only]
+    main = next((r for r in sampled_full if r.weights == "base"), sampled_full[0] if sampled_full else None)
+    fidelity: dict[str, Row | None] = {}
+    for r in rows:
+        if r.reference_only:
+            continue
+        same = next((f for f in sampled_full if f.weights == r.weights), None)
+        ref = main if r.method == "full" else (same or main)
+        fidelity[r.id] = ref if ref is not None and ref.id != r.id else None
+    return main, fidelity
 
 
 # ----------------------------------------------------------------------------------------------------------- run
@@ -241,97 +387,158 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = _log) -> dict[str, Any] | 
 
 def _run(cfg: EvalConfig, device: torch.device, log: Callable[[str], None]) -> dict[str, Any] | None:
     rank, world = dist_rank_world()
-    try:  # knobs a method would refuse fail here, before any weights are read
-        check_method_options(cfg.method_options)
-    except ValueError as err:
-        raise EvalInputError(str(err)) from err
-    var_path = _require_file(cfg.model.var, "model.var", "--var", "VAR checkpoint")
-    names = resolve_methods(cfg.methods)
-    try:
-        var, meta = load_var_with_metadata(var_path, cfg.model.patch_nums, device, ema=cfg.model.ema)
-        # An export names the VQVAE it was trained with; the config still wins.
-        vqvae_setting = cfg.model.vqvae or (Path(meta["vqvae_checkpoint"]) if meta.get("vqvae_checkpoint") else None)
-        vqvae_path = _require_file(vqvae_setting, "model.vqvae", "--vqvae", "VQVAE checkpoint")
-        vqvae = load_vqvae(vqvae_path, var.patch_nums, cfg.model.vqvae_ch, device)
-    except CheckpointError as err:
-        raise EvalInputError(str(err)) from err
-    try:
-        budget = build_budget(cfg, var, meta)
-    except ValueError as err:  # depth outside 1..D, bridge beyond the pyramid, bad export subsets
-        raise EvalInputError(f"budget: {err}") from err
+    pre = preflight(cfg)
+    for text in pre.warnings:
+        log(f"[eval] warning: {text}")
+    for text in pre.notes:
+        log(f"[eval] note: {text}")
+    rows, items, run_dir = pre.plan.rows, pre.items, pre.run_dir
     sampling = cfg.sampling.build()
-    g = cfg.generation
-    classes = class_list(g.num_classes or var.num_classes, g.classes)
-    if classes and (min(classes) < 0 or max(classes) >= var.num_classes):
-        raise EvalInputError(f"generation classes {classes[:5]}... outside 0..{var.num_classes - 1} of the model")
-    items = work_list(classes, g.samples_per_class, g.seed, g.seed_rule)
-    image_size = vqvae.config.image_size
-    out_dir = Path(cfg.out_dir)
+    fingerprints = weight_fingerprints(pre, cfg, log)
+    log(f"[eval] loading {', '.join(f'{r} {w.describe()}' for r, w in pre.weights.items())}")
+    models, vqvae = load_models(pre, cfg, device)
+    methods = build_methods(pre, cfg, models)
+    manifests = {row.id: row_manifest(row, methods[row.id], cfg, pre, sampling, fingerprints) for row in rows}
+    sampled = [r for r in rows if not r.reference_only and not cfg.cost_only]
+    for row in sampled:  # every folder before any sampling: a stale folder must not stop the run half-way
+        check_manifest(run_dir / row.id, manifests[row.id], warn=rank == 0)
 
-    def options_for(name: str) -> MethodOptions:
-        return MethodOptions(budget=budget, knobs=dict(cfg.method_options.get(name, {})))
-
-    timed = list(names)
-    if cfg.cost.enabled and cfg.cost.reference_full and "full" not in timed:
-        timed.append("full")
-    methods: dict[str, SamplingMethod] = {}
-    for name in timed:  # all of them before any sampling: a knob this model cannot run fails now, not hours later
-        try:
-            methods[name] = build_method(name, var, options_for(name))
-        except ValueError as err:  # e.g. a block or scale index the model does not have
-            raise EvalInputError(f"method {name}: {err}") from err
-
-    do_metrics = cfg.metrics.enabled and not cfg.cost_only
     extractor = ref = ref_feats = None
-    if do_metrics:  # before any sampling: a missing weights or statistics file must fail in seconds, not hours
+    if pre.metrics is not None:  # before any sampling: an unusable extractor or reference fails in seconds
         extractor = load_extractor(cfg, device)
-        ref, ref_feats = load_reference(cfg, extractor, device, image_size)
+        ref, ref_feats = load_reference(cfg, extractor, device, pre.image_size, log)
 
-    header = protocol_header(cfg, sampling, budget, var, len(items), world, device, vqvae_path, vqvae)
-    log(f"[eval] {len(names)} method(s) {names} | {header['budget']} | {header['samples']} | {world} rank(s)")
-    rows: list[dict[str, Any]] = []
-    for name, method in methods.items():
-        reference_only = name not in names
+    log(f"[eval] rows {[r.id for r in rows]} | {pre.budget.describe()} | {len(items)} images per row | "
+        f"{world} rank(s) -> {run_dir}")
+    results: list[dict[str, Any]] = []
+    per_image: dict[str, PerImage] = {}
+    for row in rows:
+        method = methods[row.id]
+        var = models[row.weights]
         match = method.budget_match
-        row: dict[str, Any] = {"method": name, "status": "reference, cost only" if reference_only else "ok",
-                               "plan": describe_method(method), "knobs": dict(cfg.method_options.get(name, {})),
-                               "flops_closed_form_per_image": match.flops.total,
-                               "budget_flops_per_image": match.target_flops, "flop_ratio": match.flop_ratio,
-                               "budget_note": match.note}
-        method_dir = out_dir / name
-        if not reference_only and not cfg.cost_only:
-            manifest = {"method": name, "method_knobs": row["knobs"], "budget": budget.describe(),
-                        "sampling": dataclasses.asdict(sampling), "seed": g.seed, "seed_rule": g.seed_rule,
-                        "rounding": g.rounding, "var_checkpoint": str(var_path), "image_size": image_size,
-                        "batch_size": g.batch_size, "plan": row["plan"]}
-            log(f"[eval] {name}: sampling {len(items)} images into {method_dir / 'samples'}")
-            gen = generate_samples(var, vqvae, method, sampling, items, g.batch_size, method_dir, manifest,
-                                   rounding=g.rounding, device=device, save_npz=g.save_npz, log=log)
-            row.update(num_samples=len(items), samples_dir=str(gen.sample_dir), npz=str(gen.npz) if gen.npz else None,
-                       flops_per_image=gen.flops_per_image, kv_cache_bytes_per_image=gen.kv_cache_bytes_per_image,
-                       written_by_rank0=gen.written, skipped_by_rank0=gen.skipped)
-            if do_metrics:
-                log(f"[eval] {name}: metrics over {len(items)} PNGs")
-                metrics = compute_metrics(cfg, extractor, gen.sample_dir, items, ref, ref_feats, device)
-                if metrics is not None:
-                    row.update(metrics)
+        is_full = row.method == "full"
+        reached = None if is_full else match.flop_ratio <= 1 + cfg.report.budget_tolerance
+        result: dict[str, Any] = {
+            "row": row.id, "method": row.method, "weights_role": row.weights,
+            "weights": row_weights(row, fingerprints),
+            "status": "reference, cost only" if row.reference_only else ("cost only" if cfg.cost_only else "ok"),
+            "plan": describe_method(method), "knobs": manifests[row.id]["method_knobs"],
+            "flops_closed_form_per_image": match.flops.total, "budget_flops_per_image": match.target_flops,
+            "flop_ratio": match.flop_ratio, "budget_note": match.note, "budget_reached": reached,
+            "run_identity": identity_hash(manifests[row.id], items)}
+        row_dir = run_dir / row.id
+        if row in sampled:
+            log(f"[eval] {row.id}: sampling {len(items)} images into {row_dir / 'samples'}")
+            gen = generate_samples(var, vqvae, method, sampling, items, cfg.generation.batch_size, row_dir,
+                                   manifests[row.id], rounding=cfg.generation.rounding, device=device,
+                                   save_npz=cfg.generation.save_npz, log=log)
+            result.update(num_samples=len(items), samples_dir=str(gen.sample_dir),
+                          npz=str(gen.npz) if gen.npz else None, flops_per_image=gen.flops_per_image,
+                          kv_cache_bytes_per_image=gen.kv_cache_bytes_per_image, written_by_rank0=gen.written,
+                          skipped_by_rank0=gen.skipped)
+            if extractor is not None:
+                computed = compute_metrics(cfg, extractor, gen.sample_dir, items, ref, ref_feats, device,
+                                           pre.metrics.classifier_classes, pre.model_config.num_classes)
+                if computed is not None:
+                    result.update(computed[0])
+                    per_image[row.id] = computed[1]
         if cfg.cost.enabled and rank == 0:
-            log(f"[eval] {name}: timing at batch sizes {list(cfg.cost.batch_sizes)}")
+            log(f"[eval] {row.id}: timing at batch sizes {list(cfg.cost.batch_sizes)}")
+            extra = [models["refiner"]] if "refiner" in result["weights"] else []
             costs = measure_cost(var, vqvae, method, sampling, cfg.cost.batch_sizes, cfg.cost.warmup,
-                                 cfg.cost.repeats, device, seed=g.seed)
-            row["cost"] = [c.to_dict() for c in costs]
-            if row.get("flops_per_image") is None and costs:
-                row["flops_per_image"] = costs[-1].flops_per_image
+                                 cfg.cost.repeats, device, seed=cfg.generation.seed, extra_models=extra)
+            result["cost"] = [c.to_dict() for c in costs]
+            if result.get("flops_per_image") is None and costs:
+                result["flops_per_image"] = costs[-1].flops_per_image
+        if rank == 0 and items:
+            result["rng_state_after_image0"] = rng_consumption(var, vqvae, method, sampling, items[0], device)
         barrier()  # other ranks wait while rank 0 times
-        if rank == 0:
-            method_dir.mkdir(parents=True, exist_ok=True)
-            (method_dir / "result.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
-        rows.append(row)
+        results.append(result)
+
+    main_ref, fidelity_refs = _references(rows)
+    if cfg.metrics.fidelity and sampled:
+        for row in sampled:
+            ref_row = fidelity_refs.get(row.id)
+            if ref_row is None:
+                continue
+            scores = fidelity_over_ranks(run_dir / row.id / "samples", run_dir / ref_row.id / "samples", items,
+                                         device)
+            if scores is not None:
+                next(r for r in results if r["row"] == row.id)["fidelity"] = {"reference": ref_row.id,
+                                                                             **scores.summary()}
     if rank != 0:
         return None
-    report = {"title": f"{', '.join(names)} at {budget.describe()}", "protocol": header, "methods": rows,
-              "published": _published(cfg, var, budget, names), "config": to_dict(cfg)}
-    paths = write_report(report, out_dir, overwrite=cfg.overwrite)
-    report["files"] = {"json": str(paths.json), "markdown": str(paths.markdown), "plot": str(paths.plot)}
-    log(f"[eval] report: {paths.markdown}, {paths.json}, {paths.plot}")
+    _add_noise(cfg, results, per_image, ref, device, main_ref)
+    _check_rng(results)
+    for result in results:
+        if result["row"] in {r.id for r in sampled} or result["status"] != "ok":
+            (run_dir / result["row"]).mkdir(parents=True, exist_ok=True)
+            (run_dir / result["row"] / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+    names = [r.method for r in rows if not r.reference_only]
+    report = {
+        "title": f"{', '.join(r.id for r in rows if not r.reference_only)} at {pre.budget.describe()}",
+        "budget": {"depth": pre.budget.budget.depth, "total_depth": pre.budget.budget.total_depth,
+                   "description": pre.budget.describe(), "flops_per_image": pre.budget.budget.variant_flops(
+                       next(iter(models.values()))).total, "sources": pre.budget.sources},
+        "metric_kind": pre.metrics.kind if pre.metrics is not None else None,
+        "reference_row": main_ref.id if main_ref else None,
+        "rows": results, "skipped": [{"method": m, "why": why} for m, why in pre.plan.skipped],
+        "warnings": pre.warnings, "notes": pre.notes,
+        "protocol": protocol_header(cfg, sampling, pre, world, device),
+        "provenance": {"software": software(), "inputs": _input_files(cfg, fingerprints)},
+        "published": _published(cfg, pre, names), "config": to_dict(cfg)}
+    paths = report_paths(run_dir, cfg.overwrite)
+    if cfg.report.grid_columns and sampled:
+        from varianttrain.evaluation.grid import grid_columns, side_by_side_grid
+
+        grid_rows = [(f"{r.id}: {Path(fingerprints[r.weights]['file']).name} "
+                      f"{fingerprints[r.weights]['sha256'][:8]}", run_dir / r.id / "samples") for r in sampled]
+        side_by_side_grid(grid_rows, grid_columns(items, cfg.report.grid_columns), paths.grid)
+        report["grid"] = paths.grid.name
+    write_report(report, paths)
+    report["files"] = {k: str(v) for k, v in dataclasses.asdict(paths).items() if Path(v).exists()}
+    log(f"[eval] report: {paths.markdown}")
     return report
+
+
+def _input_files(cfg: EvalConfig, fingerprints: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every input file with its hash (weights), or its path (metric inputs: named in the protocol as well)."""
+    out = {role: {"file": f["file"], "sha256": f["sha256"]} for role, f in fingerprints.items()}
+    m = cfg.metrics
+    for key in ("inception_weights", "demo_classifier", "ref_stats", "ref_folder"):
+        value = getattr(m, key)
+        if value is not None and m.enabled and not cfg.cost_only:
+            out[key] = {"file": str(value)}
+    return out
+
+
+def _add_noise(cfg: EvalConfig, results: list[dict[str, Any]], per_image: dict[str, PerImage], ref,
+               device: torch.device, main_ref: Row | None) -> None:
+    """Standard errors of every figure and paired differences against the reference full row and variant."""
+    from varianttrain.evaluation.uncertainty import FrechetToReference
+
+    if cfg.metrics.bootstrap_rounds < 2 or not per_image:
+        return
+    n = len(next(iter(per_image.values())).logits_NK)
+    if n < 2:
+        return
+    indices = bootstrap_indices(n, cfg.metrics.bootstrap_rounds, cfg.metrics.bootstrap_seed)
+    fid = FrechetToReference(ref.mu, ref.sigma, device) if ref is not None else None
+    comparators = [c for c in ((main_ref.id if main_ref else None), "variant") if c in per_image]
+    figures = {row: resample_row(values, fid, indices) for row, values in per_image.items()}
+    for result in results:
+        mine = figures.get(result["row"])
+        if mine is None:
+            continue
+        result["noise"] = row_noise(mine)
+        result["differences"] = {c: row_differences(mine, figures[c]) for c in comparators if c != result["row"]}
+
+
+def _check_rng(results: list[dict[str, Any]]) -> None:
+    """Mark every row whose generator state after image 0 differs from the full model's (never expected)."""
+    full = next((r["rng_state_after_image0"] for r in results if r["method"] == "full"
+                 and "rng_state_after_image0" in r), None)
+    for r in results:
+        if "rng_state_after_image0" in r and full is not None:
+            r["rng_same_as_full"] = r["rng_state_after_image0"] == full

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 Z_SIGNIFICANT = 2.0
 
@@ -59,10 +60,31 @@ class PairedDifference:
 MetricFn = Callable[[np.ndarray], float]  # per-image data (rows = images) -> the metric
 
 
+@dataclass(frozen=True)
+class Resampled:
+    """A figure on all images and on every resample. Rows resampled with the same indices pair up: their
+    difference on resample r is the difference of their r-th values, so each figure is computed once per row and
+    resample, however many comparisons use it."""
+
+    value: float
+    values_R: np.ndarray
+
+    def noise(self) -> NoiseEstimate:
+        return NoiseEstimate(self.value, float(self.values_R.std(ddof=1)), len(self.values_R))
+
+    def minus(self, other: Resampled, z: float = Z_SIGNIFICANT) -> PairedDifference:
+        diff, se = self.value - other.value, float((self.values_R - other.values_R).std(ddof=1))
+        return PairedDifference(diff, se, bool(abs(diff) > z * se))
+
+
+def resample(metric: MetricFn, data: np.ndarray, indices: np.ndarray) -> Resampled:
+    """The metric on all images and on every resample `indices` (rows of image indices)."""
+    return Resampled(float(metric(data)), np.array([metric(data[rows]) for rows in indices]))
+
+
 def bootstrap(metric: MetricFn, data: np.ndarray, indices: np.ndarray) -> NoiseEstimate:
     """The metric on all images and its standard error over the resamples `indices` (rows of image indices)."""
-    values = np.array([metric(data[rows]) for rows in indices])
-    return NoiseEstimate(float(metric(data)), float(values.std(ddof=1)), len(indices))
+    return resample(metric, data, indices).noise()
 
 
 def paired_difference(metric: MetricFn, data_a: np.ndarray, data_b: np.ndarray, indices: np.ndarray,
@@ -70,10 +92,7 @@ def paired_difference(metric: MetricFn, data_a: np.ndarray, data_b: np.ndarray, 
     """metric(a) - metric(b) with the same resampled image indices on both sides (a[i] and b[i] share a seed)."""
     if len(data_a) != len(data_b):
         raise ValueError(f"paired data must have the same images: {len(data_a)} vs {len(data_b)} rows")
-    diffs = np.array([metric(data_a[rows]) - metric(data_b[rows]) for rows in indices])
-    diff = float(metric(data_a) - metric(data_b))
-    se = float(diffs.std(ddof=1))
-    return PairedDifference(diff, se, bool(abs(diff) > z * se))
+    return resample(metric, data_a, indices).minus(resample(metric, data_b, indices), z)
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -83,24 +102,30 @@ def accuracy(correct_N: np.ndarray) -> float:
 
 
 class FrechetToReference:
-    """FID of a feature set against fixed reference statistics, fast enough to evaluate per bootstrap round."""
+    """FID of a feature set against fixed reference statistics, fast enough to evaluate per bootstrap round.
 
-    def __init__(self, mu_ref: np.ndarray, sigma_ref: np.ndarray):
-        self.mu_ref = np.asarray(mu_ref, dtype=np.float64)
-        sigma_ref = np.asarray(sigma_ref, dtype=np.float64)
-        w, v = np.linalg.eigh((sigma_ref + sigma_ref.T) / 2)
-        self.root_ref = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # S_ref^(1/2), symmetric PSD
-        self.trace_ref = float(np.trace(sigma_ref))
+    Computed in float64 with torch on `device` (a GPU makes the 50 000 x 2048 covariance of every round a matter of
+    milliseconds); accepts numpy arrays or tensors.
+    """
 
-    def __call__(self, features_NF: np.ndarray) -> float:
-        feats = np.asarray(features_NF, dtype=np.float64)
-        mu = feats.mean(axis=0)
-        sigma = np.cov(feats, rowvar=False, ddof=1)
-        inner = self.root_ref @ np.atleast_2d(sigma) @ self.root_ref
-        eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    def __init__(self, mu_ref, sigma_ref, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.mu_ref = torch.as_tensor(np.asarray(mu_ref, dtype=np.float64), device=self.device)
+        sigma = torch.as_tensor(np.asarray(sigma_ref, dtype=np.float64), device=self.device)
+        w, v = torch.linalg.eigh((sigma + sigma.T) / 2)
+        self.root_ref = (v * w.clamp(min=0).sqrt()) @ v.T  # S_ref^(1/2), symmetric PSD
+        self.trace_ref = float(torch.trace(sigma))
+
+    def __call__(self, features_NF) -> float:
+        feats = torch.as_tensor(features_NF).to(self.device, torch.float64)
+        mu = feats.mean(dim=0)
+        centred = feats - mu
+        sigma = centred.T @ centred / (feats.shape[0] - 1)
+        inner = self.root_ref @ sigma @ self.root_ref
+        eig = torch.linalg.eigvalsh((inner + inner.T) / 2)
         diff = mu - self.mu_ref
-        trace_root = np.sqrt(np.clip(eig, 0, None)).sum()  # tr sqrt(S_ref S)
-        return float(diff @ diff + self.trace_ref + np.trace(np.atleast_2d(sigma)) - 2 * trace_root)
+        trace_root = eig.clamp(min=0).sqrt().sum()  # tr sqrt(S_ref S)
+        return float(diff @ diff + self.trace_ref + torch.trace(sigma) - 2 * trace_root)
 
 
 def inception_score_of(logits_NK: np.ndarray) -> float:
@@ -112,3 +137,39 @@ def inception_score_of(logits_NK: np.ndarray) -> float:
     log_q = np.log(p.mean(axis=0, keepdims=True))
     kl = np.where(p > 0, p * (log_p - log_q), 0.0).sum(axis=1)
     return float(np.exp(kl.mean()))
+
+
+# --------------------------------------------------------------------------------------------------- report rows
+@dataclass
+class PerImage:
+    """One row's per-image values in work-list order (the same order for every row: image i has seed i)."""
+
+    features_NF: torch.Tensor | None = None  # extractor features (FID)
+    logits_NK: np.ndarray | None = None  # extractor logits (IS)
+    correct_N: np.ndarray | None = None  # predicted class == requested class (demo classifier)
+
+    def metrics(self, fid: FrechetToReference | None) -> dict[str, tuple[MetricFn, object]]:
+        """{name: (metric function, per-image data)} of the figures this row has."""
+        out: dict[str, tuple[MetricFn, object]] = {}
+        if fid is not None and self.features_NF is not None:
+            out["fid"] = (fid, self.features_NF)
+        if self.logits_NK is not None:
+            out["inception_score"] = (inception_score_of, self.logits_NK)
+        if self.correct_N is not None:
+            out["class_accuracy"] = (accuracy, self.correct_N)
+        return out
+
+
+def resample_row(values: PerImage, fid: FrechetToReference | None, indices: np.ndarray) -> dict[str, Resampled]:
+    """Every figure of a row on all images and on every resample (computed once, used for noise and differences)."""
+    return {name: resample(fn, data, indices) for name, (fn, data) in values.metrics(fid).items()}
+
+
+def row_noise(figures: dict[str, Resampled]) -> dict[str, dict]:
+    """Every figure of a row with its bootstrap standard error."""
+    return {name: r.noise().to_dict() for name, r in figures.items()}
+
+
+def row_differences(a: dict[str, Resampled], b: dict[str, Resampled], z: float = Z_SIGNIFICANT) -> dict[str, dict]:
+    """figure(a) - figure(b) for every figure both rows have, paired over the same image indices."""
+    return {name: r.minus(b[name], z).to_dict() for name, r in a.items() if name in b}

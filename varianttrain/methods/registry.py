@@ -7,25 +7,32 @@ build one for a given model and compute budget (`varianttrain.methods.budget`), 
 report rows. Adding a method: a new module in this package that defines its `MethodSpec` (see docs/METHODS.md),
 imported on the line above `METHODS`, plus one line in `METHODS`. Tests and scripts may add more at run time with
 `register_method`.
+
+Which weights a method samples with is part of its registration (`MethodSpec.runs_on`): the training-free methods
+and CoDe's drafter use the released model, as their papers do; `variant` uses the supernet, whose weights were
+fine-tuned for its layer subsets. Running an accelerator on the supernet's weights would credit it with VARiant's
+fine-tuning.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from varianttrain.methods import baselines, depthvar, fastvar, stagevar
-from varianttrain.methods.spec import KnobCheck, MethodFactory, MethodOptions, MethodSpec
+from varianttrain.methods import baselines, code, depthvar, fastvar, stagevar
+from varianttrain.methods.spec import KnobCheck, MethodFactory, MethodOptions, MethodSpec, RunsOn
 from varianttrain.models.var import VAR
 from varianttrain.sampling.sampler import SamplingMethod
 
 METHODS: tuple[MethodSpec, ...] = (
     baselines.FULL,
-    baselines.VARIANT,
+    dataclasses.replace(baselines.VARIANT, runs_on="supernet"),  # the subnets of the supernet's own weights
     baselines.EARLY_EXIT,
     depthvar.METHOD,
     stagevar.METHOD,
     fastvar.METHOD,
+    code.METHOD,  # drafts with model.base, refines with model.refiner
 )
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -45,9 +52,11 @@ def register(spec: MethodSpec, replace: bool = False) -> MethodSpec:
 
 
 def register_method(name: str, factory: MethodFactory, help: str = "", knobs: tuple[str, ...] = (),
-                    check_values: KnobCheck | None = None, replace: bool = False) -> MethodSpec:
+                    check_values: KnobCheck | None = None, replace: bool = False, runs_on: RunsOn = "base",
+                    needs: tuple[str, ...] = ()) -> MethodSpec:
     """`register` for a method defined at run time (a script or a test)."""
-    return register(MethodSpec(name, factory, help, tuple(knobs), check_values), replace=replace)
+    return register(MethodSpec(name, factory, help, tuple(knobs), check_values, tuple(needs), runs_on),
+                    replace=replace)
 
 
 for _spec in METHODS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from varianttrain.methods.budget import DepthBudget
 from varianttrain.models.var import VAR
@@ -33,6 +33,8 @@ class MethodOptions:
 
 MethodFactory = Callable[[VAR, MethodOptions], SamplingMethod]
 KnobCheck = Callable[[Mapping[str, Any]], None]
+RunsOn = Literal["base", "supernet"]
+EXTRA_INPUTS = ("refiner",)  # model inputs a method may need besides the one it runs on
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class MethodSpec:
         knobs: every knob name the factory reads; anything else in ``method_options.<name>`` is refused.
         check_values: raises `ValueError` naming the knob for a value the method cannot run (model-independent
             checks only; limits that depend on the model, such as a block index, are checked by the factory).
+        runs_on: the weights the method samples with: ``base`` (the released model, ``model.base``: published
+            training-free methods run on it) or ``supernet`` (the VARiant supernet, ``model.supernet``).
+        needs: further model inputs, e.g. ``("refiner",)`` (``model.refiner``); checked before any model is built.
     """
 
     name: str
@@ -50,7 +55,15 @@ class MethodSpec:
     help: str
     knobs: tuple[str, ...] = ()
     check_values: KnobCheck | None = None
-    needs: tuple[str, ...] = ()  # model inputs besides the base model, e.g. ("refiner",): checked before loading
+    needs: tuple[str, ...] = ()
+    runs_on: RunsOn = "base"
+
+    def __post_init__(self) -> None:
+        if self.runs_on not in ("base", "supernet"):
+            raise ValueError(f"method {self.name!r}: runs_on={self.runs_on!r}; expected 'base' or 'supernet'")
+        unknown = [n for n in self.needs if n not in EXTRA_INPUTS]
+        if unknown:
+            raise ValueError(f"method {self.name!r}: needs {unknown}; known extra inputs: {list(EXTRA_INPUTS)}")
 
     def check_knobs(self, knobs: Mapping[str, Any]) -> None:
         """Refuse unknown knobs and wrong values, without building anything."""
