@@ -21,6 +21,7 @@ from helpers_eval import (
     save_vqvae,
     tiny_var,
 )
+from peak_rss import run_with_peak_rss
 
 from varianttrain.evaluation.runner import EvalInputError, build_config, run
 
@@ -40,19 +41,10 @@ def _run_quietly(cfg):
 def test_the_documented_d30_command_in_an_empty_folder_names_every_missing_input(tmp_path):
     """`python eval.py --depth 8 --mode depthvar` with nothing downloaded: exit 2 within seconds, one report listing
     every missing file with the command that fetches it, nothing created, the 2 B-parameter model never built."""
-    # The child reports its own peak RSS at exit: RUSAGE_CHILDREN of this process would be the largest of every
-    # subprocess the test session has run so far, not this command's.
-    peak_file = tmp_path.parent / f"{tmp_path.name}_peak_kb"
-    script = REPO_ROOT / "eval.py"
-    probe = ("import atexit, resource, runpy, sys; "
-             f"atexit.register(lambda: open({str(peak_file)!r}, 'w').write("
-             "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); "
-             f"sys.path.insert(0, {str(REPO_ROOT)!r}); "  # as `python eval.py` puts the script's folder first
-             f"sys.argv = [{str(script)!r}, '--depth', '8', '--mode', 'depthvar']; "
-             f"runpy.run_path({str(script)!r}, run_name='__main__')")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                          capture_output=True, text=True, timeout=300)
+    done, peak_kb = run_with_peak_rss(REPO_ROOT / "eval.py", ["--depth", "8", "--mode", "depthvar"], tmp_path,
+                                      {**os.environ, "PYTHONUNBUFFERED": "1"},
+                                      tmp_path.parent / f"{tmp_path.name}_peak_kb")
     seconds = time.perf_counter() - start
     assert done.returncode == 2, done.stderr[-2000:]
     err = done.stderr
@@ -64,8 +56,7 @@ def test_the_documented_d30_command_in_an_empty_folder_names_every_missing_input
         assert file in err and f"python -m varianttrain.download {key}" in err, (file, err)
     assert "supernet" not in err and "refiner" not in err  # depthvar needs neither
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []  # nothing written
-    peak_kb = int(peak_file.read_text())
-    assert peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"  # VAR-d30 alone would be 8 GB
+    assert 0 < peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"  # VAR-d30 alone would be 8 GB
     print(f"empty folder: exit 2 after {seconds:.1f} s, peak RSS {peak_kb / 1024:.0f} MiB")
 
 

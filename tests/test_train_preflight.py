@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from helpers_training import REPO_ROOT, SMOKE_CONFIG, subprocess_env, tiny_overrides
+from peak_rss import run_with_peak_rss
 
 from varianttrain.tasks import TASKS
 from varianttrain.training import preflight
@@ -20,17 +19,8 @@ from varianttrain.training.tasks import load_run_config
 
 def test_the_documented_d30_command_in_an_empty_folder_names_every_missing_input(tmp_path):
     """`python train.py --config supernet_d30.yaml` with nothing downloaded: exit 2, every problem, the fixes."""
-    # The child reports its own peak RSS at exit: RUSAGE_CHILDREN of this process would be the largest of every
-    # subprocess the test session has run so far, not this command's.
-    peak_file = tmp_path / "peak_kb"
-    probe = ("import atexit, resource, runpy, sys; "
-             f"atexit.register(lambda: open({str(peak_file)!r}, 'w').write("
-             "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); "
-             f"sys.path.insert(0, {str(REPO_ROOT)!r}); "  # as `python train.py` puts the script's folder first
-             f"sys.argv = [{str(REPO_ROOT / 'train.py')!r}, '--config', 'supernet_d30.yaml']; "
-             f"runpy.run_path({str(REPO_ROOT / 'train.py')!r}, run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", probe],
-                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc, peak_kb = run_with_peak_rss(REPO_ROOT / "train.py", ["--config", "supernet_d30.yaml"], tmp_path,
+                                      subprocess_env(), tmp_path.parent / f"{tmp_path.name}_peak_kb")
     assert proc.returncode == EXIT_BAD_INPUT, proc.stderr[-2000:]
     err = proc.stderr
     assert "configs/supernet_d30.yaml" in err  # says which file the name resolved to
@@ -42,8 +32,7 @@ def test_the_documented_d30_command_in_an_empty_folder_names_every_missing_input
     assert err.count("cannot start") == 1  # one report, not one line per layer
     assert not (tmp_path / "runs").exists()
     # The 2 B-parameter model was never built: the whole check stays far below its 8 GB.
-    peak_kb = int(peak_file.read_text())
-    assert peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+    assert 0 < peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
 
 
 def test_problems_are_collected_not_stopped_at_the_first(tmp_path):
