@@ -111,6 +111,7 @@ class FastVARMethod(SamplingMethod):
         self.restore_upsample = restore_upsample
         self._full_blocks = tuple(b for b in range(self.depth) if not lo <= b <= hi)
         self._counts = [None if c is None else tuple(c) for c in self.token_counts()]
+        self._device_full: dict[str, torch.Tensor] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -123,6 +124,12 @@ class FastVARMethod(SamplingMethod):
         if ctx.var.depth != self.depth or tuple(ctx.var.patch_nums) != self.patch_nums:
             raise ValueError(f"fastvar was built for depth {self.depth} / patch_nums {self.patch_nums}")
         self._reset()
+        key = str(ctx.device)
+        if key not in self._device_full:  # which blocks never prune, as a (depth,) mask: one host copy per device
+            full_D = torch.zeros(self.depth, dtype=torch.bool)
+            full_D[list(self._full_blocks)] = True
+            self._device_full[key] = full_D.to(ctx.device)
+        self._full_D = self._device_full[key]
 
     # ------------------------------------------------------------------ hooks
     def scale_plan(self, scale: int) -> ScalePlan:
@@ -143,8 +150,7 @@ class FastVARMethod(SamplingMethod):
         score = 0.5 * (score[:images] + score[images:])  # one keep set per image (CFG rows share it)
         order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :n_keep]
         keep_Bl = torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
-        mask = keep_Bl[:, None, :].repeat(1, self.depth, 1)
-        mask[:, list(self._full_blocks)] = True
+        mask = keep_Bl[:, None, :] | self._full_D[None, :, None]  # the blocks outside the range run every token
         return ScalePlan(token_mask_BDl=mask, token_counts=self._counts[scale])
 
     @property

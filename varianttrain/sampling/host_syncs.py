@@ -9,6 +9,10 @@ ATen operation the Python code issues (a `TorchDispatchMode`) and flags those wh
 (`.item()`, `bool()`, `int()` on a tensor, data-dependent output shapes: `nonzero`, boolean indexing, `unique`, ...),
 plus `Tensor.tolist` / `Tensor.numpy`, which bypass the dispatcher on the CPU. It cannot see a read inside a C++
 kernel; on a GPU, `torch.cuda.set_sync_debug_mode("error")` catches those too.
+
+The other direction is counted apart (`host_tensors`, not in `count`): tensors built from Python data
+(`torch.tensor([...])`, indexing with a list), each a host-to-device copy when the code runs on a GPU. Python
+scalars are not counted: kernels take them as arguments.
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ def _is_bool_index(args) -> bool:
 
 
 class HostSyncCounter(TorchDispatchMode):
-    """Context manager; `count` = host reads seen, `calls` = how many of each (by operation name)."""
+    """Context manager; `count` = host reads seen, `calls` = how many of each (by operation name), `host_tensors` =
+    tensors built from host data."""
 
     def __init__(self):
         super().__init__()
         self.calls: Counter[str] = Counter()
+        self.host_tensors = 0
         self._patched: list[tuple[str, object | None]] = []
 
     @property
@@ -49,6 +55,8 @@ class HostSyncCounter(TorchDispatchMode):
         name = func._schema.name
         if name in _SYNCING_OPS or (name in _BOOL_INDEXED_OPS and _is_bool_index(args)):
             self.calls[name] += 1
+        elif name == "aten::lift_fresh" and args[0].dim() > 0:
+            self.host_tensors += 1
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):
