@@ -88,3 +88,26 @@ def test_optimizer_step_of_a_training_config():
     rows = result["optimizer_step"]
     assert [r["depth"] for r in rows] == ["full", "d2", "d1"]  # smoke_cpu: depth choices 2, 1
     assert all(r["ms_per_step"] > 0 and r["images_per_s"] == pytest.approx(2000 / r["ms_per_step"]) for r in rows)
+
+
+def _sample_row(name: str, batch: int, ideal: float, measured: float, syncs: int) -> dict:
+    return {"kind": "sample", "name": name, "batch": batch, "ideal_speedup": ideal, "measured_speedup": measured,
+            "expected_speedup": None if name == "full" else 0.5 * ideal, "ops": {"ops": 10, "aten_calls": 20,
+                                                                               "host_syncs": syncs}}
+
+
+def test_compare_puts_depthvar_against_variant_at_the_same_budget(tmp_path):
+    from varianttrain import benchmark_compare
+
+    def run(depthvar_measured, syncs):
+        return {"rows": [_sample_row("full", 1, 1.0, 1.0, 0), _sample_row("variant-d8", 1, 2.0, 1.6, 0),
+                         _sample_row("depthvar-d8", 1, 2.5, depthvar_measured, syncs)]}
+
+    before, after = run(1.0, 4), run(1.9, 0)
+    assert benchmark_compare.ratio_of_ratios(after) == {(1, 8): pytest.approx((1.9 / 2.5) / (1.6 / 2.0))}
+    paths = [tmp_path / "before.json", tmp_path / "after.json"]
+    for path, result in zip(paths, (before, after), strict=True):
+        path.write_text(json.dumps(result))
+    text = benchmark_compare.main([str(p) for p in paths])
+    assert "| depthvar-d8 | 1 | 2.50x | 1.25x | 1.00x -> 1.90x | 0.40 -> 0.76 | 0.80 -> 1.52 | 10 -> 10 |" in text
+    assert "| 1 | d8 | 0.50 | 0.95 | reached |" in text
