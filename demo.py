@@ -1,7 +1,7 @@
 """The built-in demo (README's main command): real small models, the whole system, a laptop CPU, minutes.
 
-    python demo.py            # ~10 min on 2 CPU cores: data -> checksums -> VARiant fine-tune -> eval --mode all
-    python demo.py --quick    # smoke run of every stage (~1 min)
+    python demo.py            # ~4 min on 2 CPU cores: data -> checksums -> VARiant fine-tune -> eval --mode all
+    python demo.py --quick    # smoke run of every stage (~20 s)
 
 1. generates the procedural 10-class demo data set under data/demo when missing (deterministic, reused);
 2. checks the shipped demo models in checkpoints/demo/ against SHA256SUMS (tokenizer, VAR, classifier);
@@ -11,7 +11,8 @@
    downloaded here; real runs keep using Inception) and CPU latency;
 5. prints the side-by-side table and saves it with the Pareto plot under a fresh runs/demo/<NNN>/.
 
-Nothing is downloaded and no earlier demo run is overwritten. Details and measured results: docs/DEMO.md.
+Nothing is downloaded and no earlier demo run is overwritten. Details and measured results (232-240 s for the main
+command on a 2-core VM): docs/DEMO.md.
 """
 
 from __future__ import annotations

@@ -9,28 +9,39 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# CI clones the project with shared/ beside it; a developer checkout sits at the same place.
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+# Outputs of the official code that the tests compare against (format: tests/data/README.md). Everything the
+# default suite reads lives inside the repository.
+TEST_DATA = REPO_ROOT / "tests" / "data"
 
 
 def golden_path() -> Path:
-    """The golden file: $VARIANTTRAIN_GOLDEN when set, else the official-code vectors in shared/reference."""
-    return Path(os.environ.get("VARIANTTRAIN_GOLDEN", REFERENCE_DIR / "var" / "golden_small.pt"))
+    """The golden file: $VARIANTTRAIN_GOLDEN when set, else tests/data/golden_small.pt."""
+    return Path(os.environ.get("VARIANTTRAIN_GOLDEN", TEST_DATA / "golden_small.pt"))
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    if not REFERENCE_DIR.is_dir():
-        pytest.fail(f"reference material not found at {REFERENCE_DIR}: clone the project next to shared/")
-    return REFERENCE_DIR
+def test_data() -> Path:
+    """tests/data: key manifests of the released checkpoints and the golden vectors."""
+    return TEST_DATA
+
+
+def manifest(name: str) -> dict:
+    """A key manifest of tests/data (missing = failure, never a skip)."""
+    import json
+
+    path = TEST_DATA / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing from the checkout (it is tracked in git: restore it with git checkout)")
+    return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="session")
 def golden() -> dict:
-    """The golden vectors (format: shared/reference/var/GOLDEN.md). Missing file = failure, never a skip."""
+    """The golden vectors (format: tests/data/README.md). Missing file = failure, never a skip."""
     path = golden_path()
     if not path.is_file():
-        pytest.fail(f"golden file {path} not found; set VARIANTTRAIN_GOLDEN or place shared/ next to the repo")
+        pytest.fail(f"golden file {path} not found; it is tracked in tests/data (git checkout restores it), or set "
+                    "VARIANTTRAIN_GOLDEN to another file of the same format")
     return torch.load(path, weights_only=True, map_location="cpu")
 
 

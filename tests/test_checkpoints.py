@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import manifest
 from safetensors.torch import save_file
 
 from varianttrain.checkpoints import (
@@ -76,10 +77,9 @@ def test_wrong_depth_is_named_and_nothing_loads(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
 
 
-def test_released_d30_is_recognised_from_its_shapes(reference_dir):
-    import json
+def test_released_d30_is_recognised_from_its_shapes():
 
-    spec = json.loads((reference_dir / "var" / "var_d16_keys.json").read_text())["keys"]
+    spec = manifest("var_d16_keys.json")["keys"]
     fake = {k: torch.empty(v["shape"], dtype=getattr(torch, v["dtype"]), device="meta") for k, v in spec.items()}
     info = inspect_var_state_dict(fake)
     assert (info.depth, info.width, info.num_heads, info.num_classes, info.vocab_size, info.num_tokens) == (

@@ -22,8 +22,8 @@ from varianttrain.config_io import (
     to_yaml,
 )
 
-# Example config tree, shaped like the project's (STYLE.md §6.2). Module level: string annotations
-# (from __future__ import annotations) must be resolvable by typing.get_type_hints.
+# Example config tree, shaped like the project's run configs (varianttrain/training/config.py). Module level:
+# string annotations (from __future__ import annotations) must be resolvable by typing.get_type_hints.
 
 
 class Sampling(enum.Enum):

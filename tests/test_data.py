@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from webdataset.tariterators import tarfile_samples
 
+from varianttrain.data.checks import data_problems
 from varianttrain.data.config import DataConfig
 from varianttrain.data.datamodule import ImageNetDataModule, write_index_dataset
 from varianttrain.data.shards import main as shards_main
@@ -275,6 +276,39 @@ def test_imagefolder_format(image_tree):
     assert len(list(dm.val_dataloader())) == NUM_IMAGES // 4
 
 
+def test_imagefolder_corrupt_image_is_replaced_named_and_counted(image_tree, tmp_path, caplog):
+    """A damaged JPEG does not end the run: the next readable image takes its place, the file is named, counted."""
+    import shutil
+
+    root = tmp_path / "train"
+    shutil.copytree(image_tree, root)
+    bad = sorted(root.rglob("*.JPEG"))[5]
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated: header only
+    cfg = DataConfig(format="imagefolder", train_path=str(root), val_path=None, resolution=RES, batch_size=4,
+                     num_workers=0, num_classes=NUM_CLASSES, max_skip_fraction=0.5)
+    dm = ImageNetDataModule(cfg)
+    dm.setup("fit")
+    with caplog.at_level("WARNING"):
+        batches = list(dm.train_dataloader())
+    assert sum(len(img) for img, _ in batches) == NUM_IMAGES  # batches keep their size
+    ids = [i for img, _ in batches for i in _ids(img)]
+    assert len(set(ids)) == NUM_IMAGES - 1  # the bad image is gone; its neighbour appears twice
+    assert dm.skip_counts()["train"] == 1
+    assert str(bad) in caplog.text
+
+
+def test_labels_beyond_the_model_are_found_before_training(image_tree, tmp_path):
+    cfg = DataConfig(format="imagefolder", train_path=str(image_tree), val_path=None, num_classes=NUM_CLASSES - 1)
+    (problem,) = data_problems(cfg)
+    assert f"has {NUM_CLASSES} class folders but data.num_classes={NUM_CLASSES - 1}" in problem
+    write_index_dataset(tmp_path / "tok", np.zeros((3, 7), dtype=np.int64), np.array([0, 1, 7]))
+    cfg = DataConfig(format="indices", train_path=str(tmp_path / "tok"), val_path=None, num_classes=7)
+    (problem,) = data_problems(cfg)
+    assert "has label 7 but data.num_classes=7" in problem
+    assert data_problems(DataConfig(format="indices", train_path=str(tmp_path / "tok"), val_path=None,
+                                    num_classes=8)) == []
+
+
 def test_indices_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     idx_NL = rng.integers(0, 4096, size=(10, 7))
@@ -361,7 +395,7 @@ def test_transforms_range_and_size():
     assert torch.all(white == 1) and torch.all(black == -1)
     steps = [type(t).__name__ for t in build_transform(256, train=True, hflip=True).transforms]
     assert steps == ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "ToSignedUnitRange"]
-    assert build_transform(256).transforms[0].size == 288  # round(1.125 * 256), VAR_NOTES.md s5
+    assert build_transform(256).transforms[0].size == 288  # round(1.125 * 256), official `build_dataset`
     val = build_transform(32, train=False, hflip=True)
     assert torch.equal(val(img), val(img))  # center crop, never flipped
 

@@ -1,6 +1,6 @@
-"""DepthVAR through the sampler hooks: spec §14 items 6, 7, 10, the S ≡ 1 invariant, FLOP and KV accounting.
+"""DepthVAR through the sampler hooks: DepthVAR checks 6, 7, 9, 10, the S ≡ 1 invariant, FLOP and KV accounting.
 
-Spec = shared/reference/depthvar/DEPTHVAR_SPEC.md. A tiny VAR with strongly randomised weights (far from the
+The checks and steps (DVn) are those of docs/METHODS.md. A tiny VAR with strongly randomised weights (far from the
 identity blocks of the official init) makes every comparison meaningful.
 """
 
@@ -79,7 +79,7 @@ def test_registered():
 
 
 def test_unit_score_equals_full(var, vqvae, full):
-    """"depthvar with every score 1 equals full": all-ones masks through the gather path (spec §14 item 6)."""
+    """"depthvar with every score 1 equals full": all-ones masks through the gather path (DepthVAR check 6)."""
     method = _build(var, unit_score=True)
     assert method.accelerated == {3, 4, 5}
     out = _run(var, vqvae, method)
@@ -90,7 +90,7 @@ def test_unit_score_equals_full(var, vqvae, full):
 
 @pytest.mark.parametrize("reference_scale", [len(PATCH_NUMS) - 1, len(PATCH_NUMS) + 2])
 def test_no_accelerated_scale_reproduces_baseline(var, vqvae, full, reference_scale):
-    """Spec §14 item 7: R >= K-1 gives the baseline images exactly for fixed seeds."""
+    """DepthVAR check 7: R >= K-1 gives the baseline images exactly for fixed seeds."""
     method = _build(var, reference_scale=reference_scale)
     assert not method.accelerated
     _assert_same_samples(_run(var, vqvae, method), full)
@@ -105,7 +105,7 @@ def test_full_budget_is_the_full_model(var, vqvae, full):
 
 
 def test_rng_parity_and_bridge_untouched(var, vqvae, full):
-    """Spec §14 item 10: every token of every scale is sampled; scales <= R are the baseline's exactly."""
+    """DepthVAR check 10: every token of every scale is sampled; scales <= R are the baseline's exactly."""
     method = _build(var)
     out = _run(var, vqvae, method)
     R = method.config.reference_scale
@@ -144,7 +144,7 @@ class _ZeroBlock(DepthVARMethod):
 
 
 def test_zero_block_mask_gives_proxy_and_no_kv(var, vqvae, monkeypatch):
-    """Spec §14 item 6: a block with an all-zeros mask outputs x + up(Δ_prev) and its KV cache does not grow."""
+    """DepthVAR check 6: a block with an all-zeros mask outputs x + up(Δ_prev) and its KV cache does not grow."""
     caches: list = []
     original = var.new_kv_caches
 
@@ -166,7 +166,7 @@ def test_zero_block_mask_gives_proxy_and_no_kv(var, vqvae, monkeypatch):
 
 
 def test_never_run_block_keeps_bridge_kv_only(var, vqvae, monkeypatch):
-    """With the sigmoid schedule d <= L-1, so the last block of the bit-reversal order never runs (spec §4.4)."""
+    """With the sigmoid schedule d <= L-1, so the last block of the bit-reversal order never runs (DV9)."""
     caches: list = []
     original = var.new_kv_caches
     monkeypatch.setattr(var, "new_kv_caches", lambda plan=None: caches.extend(original(plan)) or caches)
@@ -206,7 +206,7 @@ def test_kv_cache_bytes_drop_and_capacity_is_exact(var, vqvae, full, monkeypatch
 
 
 def test_restoration_copies_anchor_states_into_d0_tokens(var, vqvae):
-    """Spec §14 item 9 in the sampler: only d = 0 tokens change, always to an anchor with d >= 1."""
+    """DepthVAR check 9 in the sampler: only d = 0 tokens change, always to an anchor with d >= 1."""
 
     class Capture(DepthVARMethod):
         records: list = []

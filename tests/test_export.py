@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from conftest import manifest
 from helpers_training import SMOKE_CONFIG, run_dirs, tiny_overrides
 
 from varianttrain.checkpoints import CheckpointError, load_export
@@ -22,9 +21,9 @@ def trained_ckpt(tmp_path_factory):
     return run_dirs(root)[0] / "checkpoints" / "last.ckpt"
 
 
-def _official_order(reference_dir, depth: int) -> list[str]:
-    """The official key order for `depth` blocks, from the released d16 key list (VAR_NOTES §3.8)."""
-    keys = list(json.loads((reference_dir / "var" / "var_d16_keys.json").read_text())["keys"])
+def _official_order(depth: int) -> list[str]:
+    """The official key order for `depth` blocks, from the released d16 key list (docs/REFERENCES.md B13)."""
+    keys = list(manifest("var_d16_keys.json")["keys"])
     head = [k for k in keys[: keys.index("blocks.0.attn.scale_mul_1H11")]]
     block = [k[len("blocks.0."):] for k in keys if k.startswith("blocks.0.")]
     tail = [k for k in keys if not k.startswith(("blocks.",)) and k not in head]
@@ -32,7 +31,7 @@ def _official_order(reference_dir, depth: int) -> list[str]:
 
 
 @pytest.mark.parametrize("ema", [False, True])
-def test_export_round_trip_identical_logits(trained_ckpt, tmp_path, reference_dir, ema):
+def test_export_round_trip_identical_logits(trained_ckpt, tmp_path, ema):
     paths = export_checkpoint(trained_ckpt, tmp_path / "out", ema=ema)
     stem = "var_d4_ema" if ema else "var_d4"
     assert sorted(p.name for p in paths) == sorted(f"{stem}.{s}" for s in ("pth", "safetensors", "json"))
@@ -42,7 +41,7 @@ def test_export_round_trip_identical_logits(trained_ckpt, tmp_path, reference_di
 
     for fmt in ("pth", "safetensors"):
         var_cfg, state, meta = load_export(tmp_path / "out" / f"{stem}.{fmt}")
-        official = _official_order(reference_dir, 4)
+        official = _official_order(4)
         # Official names (buffers included); .pth keeps the official order, safetensors stores keys sorted.
         assert (list(state) if fmt == "pth" else sorted(state)) == (official if fmt == "pth" else sorted(official))
         assert state["lvl_1L"].dtype == torch.int64

@@ -275,7 +275,7 @@ def test_load_inception_missing_file_names_both_files(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def random_inception_weights(tmp_path_factory) -> Path:
-    """Random-weight stand-in for the real file (EVAL_PROTOCOL §4): same class, keys and format (95.7 MB)."""
+    """Random-weight stand-in for the real file (docs/REFERENCES.md L10): same class, keys and format (95.7 MB)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class NoWeights(FeatureExtractorInceptionV3):

@@ -59,9 +59,11 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    """Deterministic CPU run: killed with SIGKILL mid-epoch, resumed, it ends with bit-identical weights."""
-    extra = {"trainer.max_steps": 60, "trainer.ckpt_every_n_steps": 3}
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, accumulate):
+    """Deterministic CPU run: killed with SIGKILL mid-epoch, resumed, it ends with bit-identical weights and EMA,
+    with and without gradient accumulation (4 samples per micro-batch)."""
+    extra = {"trainer.max_steps": 60, "trainer.ckpt_every_n_steps": 3, "trainer.global_batch_size": 4 * accumulate}
     # The in-process segments run with the thread count train.py gives the killed one (trainer.cpu_threads=1):
     # a CPU matmul's rounding may depend on how many threads split it.
     torch.set_num_threads(1)
@@ -148,6 +150,6 @@ def test_bad_inputs_fail_fast_and_touch_nothing(tmp_path, capsys, case):
                                                                   "model.var_checkpoint": str(wrong)}))
         expect = "depth 2 vs 4"
     assert code == EXIT_BAD_INPUT
-    assert expect in capsys.readouterr().out
+    assert expect in capsys.readouterr().err  # errors go to stderr
     assert _tree(tmp_path) == before, "a failed start must not create or modify files"
     assert os.environ.get("VARIANTTRAIN_RUN_DIR") is None

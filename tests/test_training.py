@@ -39,7 +39,7 @@ def test_option_vocabularies_agree_everywhere_they_are_used():
     from typing import get_type_hints
 
     from varianttrain.evaluation.config import BudgetSection, SamplingSection
-    from varianttrain.methods.registry import DepthBudget
+    from varianttrain.methods.budget import DepthBudget
     from varianttrain.models.depth_plan import SUBSET_RULES, SubsetRule, layer_subset
     from varianttrain.sampling.config import SAMPLING_PROTOCOLS, SamplingConfig, SamplingProtocol
     from varianttrain.training.config import SupernetConfig, ValidationConfig

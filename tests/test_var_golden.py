@@ -1,4 +1,4 @@
-"""The VAR port against the official code's outputs (shared/reference/var/GOLDEN.md), tolerances from §3 there."""
+"""The VAR port against the official code's outputs; file contents and tolerances: docs/REFERENCES.md#golden-vectors."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def test_gumbel_smoothing_path(golden, golden_models):
 
 
 def test_kv_cached_logits_equal_teacher_forcing_on_sampled_tokens(golden, golden_models):
-    """The cached sampler and the masked teacher-forcing forward compute the same function (GOLDEN.md §4)."""
+    """The cached sampler and the masked teacher-forcing forward compute the same function (block-causal
+    attention, [VAR §3.2])."""
     vqvae, var = golden_models
     out = _ar_run(golden, golden_models, "ar_args")
     x_in = vqvae.quantize.idxBl_to_var_input(out.idx_Bl)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from conftest import manifest
 
 from varianttrain.models.var import VAR, VARConfig
 
 
 @pytest.mark.parametrize("depth, keys_file", [(16, "var_d16_keys.json"), (30, "var_d30_keys.json")])
-def test_released_layout(reference_dir, depth, keys_file):
-    spec = json.loads((reference_dir / "var" / keys_file).read_text())
+def test_released_layout(depth, keys_file):
+    spec = manifest(keys_file)
     with torch.device("meta"):
         var = VAR(VARConfig.for_depth(depth))
     state = var.state_dict()
@@ -28,7 +27,7 @@ def test_released_layout(reference_dir, depth, keys_file):
 
 
 def test_d30_family_numbers():
-    """VAR_NOTES §3.1: d30 has width 1920, 30 heads, drop-path 0.125 and 2,010,020,356 parameters."""
+    """[VAR §4], official `build_vae_var`: d30 has width 1920, 30 heads, drop-path 0.125, 2,010,020,356 parameters."""
     cfg = VARConfig.for_depth(30)
     assert (cfg.embed_dim, cfg.num_heads, cfg.num_tokens) == (1920, 30, 680)
     assert cfg.drop_path_rate == pytest.approx(0.125)

@@ -1,7 +1,7 @@
-"""Parity of the VQVAE / multi-scale quantiser with the official code (golden vectors, GOLDEN.md).
+"""Parity of the VQVAE / multi-scale quantiser with the official code (golden vectors).
 
-Everything is derived from the golden file's own build arguments and tensors, so any file of the GOLDEN.md
-format works (env var VARIANTTRAIN_GOLDEN). Tolerances are GOLDEN.md section 3's.
+Everything is derived from the golden file's own build arguments and tensors, so any file of the same format works
+(env var VARIANTTRAIN_GOLDEN). Contents and tolerances: docs/REFERENCES.md#golden-vectors.
 """
 
 from __future__ import annotations

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import manifest
 
 from varianttrain.models import quant
 from varianttrain.models.quant import MultiScaleResidualQuantizer, phi_index
@@ -22,8 +21,8 @@ def _tiny(**overrides) -> VQVAE:
     return VQVAE(VQVAEConfig(**fields))
 
 
-def test_released_keys_shapes_dtypes_in_order(reference_dir) -> None:
-    ref = json.loads((reference_dir / "var" / "vae_keys.json").read_text())
+def test_released_keys_shapes_dtypes_in_order() -> None:
+    ref = manifest("vae_keys.json")
     with torch.device("meta"):
         model = VQVAE(VQVAEConfig.released())
     got = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
@@ -49,7 +48,7 @@ def test_released_keys_shapes_dtypes_in_order(reference_dir) -> None:
     ],
 )
 def test_phi_index_table_m4(K: int, expected: list[int]) -> None:
-    """VAR_NOTES 1.6: tie-sensitive nearest-tick rule (scales 2 and 7 of K = 10 resolve upwards)."""
+    """docs/REFERENCES.md B8: tie-sensitive nearest-tick rule (scales 2 and 7 of K = 10 resolve upwards)."""
     assert [phi_index(k, K, 4) for k in range(K)] == expected
 
 

@@ -3,7 +3,7 @@
 The concrete config classes live with the subsystems that own them (``ModelConfig`` in the model package,
 ``OptimConfig`` next to the optimizer, ...) and are composed into a top-level class elsewhere. This module only
 knows how to build *any* such dataclass tree from a mapping, check it against the field annotations, and turn it
-back into YAML (STYLE.md §6.2: unknown keys and type mismatches are errors).
+back into YAML. Unknown keys and type mismatches are errors: a typo must not silently change nothing.
 
 Typical use (``train.py``)::
 

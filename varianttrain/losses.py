@@ -1,4 +1,4 @@
-"""The official scale-wise training loss of VAR (VAR_NOTES.md §5 step 3, quirk 16).
+"""The official scale-wise training loss of VAR (official `VARTrainer.train_step`; docs/REFERENCES.md B16).
 
 `SupernetModule.training_step` trains with `var_loss`, and the golden test (tests/test_var_golden.py) checks
 `var_loss` against the official code's numbers, so the loss that is tested is the loss that trains.

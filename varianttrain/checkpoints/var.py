@@ -100,13 +100,8 @@ def inspect_var_state_dict(state: Mapping[str, torch.Tensor]) -> VARCheckpointIn
         shared_aln="shared_ada_lin.1.weight" in state)
 
 
-def load_var_weights(model: nn.Module, source: str | Path | Mapping[str, Any], prefer_ema: bool = False) -> None:
-    """Load VAR weights strictly into `model`, or raise a `CheckpointError` that explains the mismatch."""
-    name = str(source) if isinstance(source, (str, Path)) else "state dict"
-    obj = read_file(source) if isinstance(source, (str, Path)) else source
-    state = extract_var_state_dict(obj, name, prefer_ema=prefer_ema)
-    info = inspect_var_state_dict(state)
-    cfg = model.config
+def architecture_problems(info: VARCheckpointInfo, cfg: VARConfig) -> list[str]:
+    """What differs between the architecture read off a file and the one a config asks for (empty: it fits)."""
     problems = []
     if info.depth != cfg.depth:
         problems.append(f"depth {info.depth} vs {cfg.depth}")
@@ -118,6 +113,32 @@ def load_var_weights(model: nn.Module, source: str | Path | Mapping[str, Any], p
         problems.append(f"vocab {info.vocab_size} vs {cfg.vocab_size}")
     if info.num_tokens != cfg.num_tokens:
         problems.append(f"{info.num_tokens} vs {cfg.num_tokens} tokens (different patch_nums)")
+    return problems
+
+
+def check_var_file(path: str | Path, cfg: VARConfig, prefer_ema: bool = False) -> None:
+    """Raise `CheckpointError` unless `path` holds VAR weights of architecture `cfg`; reads shapes only (mmap)."""
+    state = extract_var_state_dict(read_file(path, mmap=True), str(path), prefer_ema=prefer_ema)
+    info = inspect_var_state_dict(state)
+    problems = architecture_problems(info, cfg)
+    if problems:
+        raise CheckpointError(f"{path} is {info.describe()}; the config asks for {cfg.describe()} "
+                              f"({'; '.join(problems)}). Use the matching config (model.depth={info.depth}) or "
+                              "the matching file.")
+
+
+def load_var_weights(model: nn.Module, source: str | Path | Mapping[str, Any], prefer_ema: bool = False) -> None:
+    """Load VAR weights strictly into `model`, or raise a `CheckpointError` that explains the mismatch.
+
+    A file is memory-mapped and copied into the model's tensors, so a model built without initialisation
+    (`varianttrain.models.build.empty_model`) receives its weights without a second full copy in memory.
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "state dict"
+    obj = read_file(source, mmap=True) if isinstance(source, (str, Path)) else source
+    state = extract_var_state_dict(obj, name, prefer_ema=prefer_ema)
+    info = inspect_var_state_dict(state)
+    cfg = model.config
+    problems = architecture_problems(info, cfg)
     if problems:
         raise CheckpointError(f"{name} is {info.describe()}; the config asks for {cfg.describe()} "
                               f"({'; '.join(problems)}). Use the matching config (model.depth={info.depth}) or "

@@ -57,10 +57,25 @@ def extract_vqvae_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, 
     raise CheckpointError(f"{source} is not a VQVAE checkpoint: found {describe_unknown(obj)} ({DOCS_HINT})")
 
 
+def check_vqvae_file(path: str | Path, config: VQVAEConfig) -> None:
+    """Raise `CheckpointError` unless `path` holds VQVAE weights that fit `config`; reads shapes only (mmap)."""
+    state = extract_vqvae_state_dict(read_file(path, mmap=True), str(path))
+    with torch.device("meta"):
+        expected = VQVAE(config).state_dict()
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and not k.endswith("ema_vocab_hit_SV") and tuple(state[k].shape) != tuple(v.shape)]
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if wrong or missing or unexpected:
+        details = "; ".join(x for x in (f"shapes {wrong[:3]}" if wrong else "", f"missing {missing[:3]}" if missing
+                                        else "", f"unexpected {unexpected[:3]}" if unexpected else "") if x)
+        raise CheckpointError(f"{path} does not fit model.vqvae (vocab {config.vocab_size}, z_channels "
+                              f"{config.z_channels}, ch {config.ch}, ch_mult {list(config.ch_mult)}): {details}")
+
+
 def load_vqvae_weights(model: nn.Module, source: str | Path | Mapping[str, Any]) -> None:
     """Load VQVAE weights strictly (a foreign-length usage buffer is tolerated by the model itself)."""
     name = str(source) if isinstance(source, (str, Path)) else "state dict"
-    obj = read_file(source) if isinstance(source, (str, Path)) else source
+    obj = read_file(source, mmap=True) if isinstance(source, (str, Path)) else source
     state = extract_vqvae_state_dict(obj, name)
     expected = model.state_dict()
     shape_ok = all(tuple(state[k].shape) == tuple(v.shape) for k, v in expected.items()

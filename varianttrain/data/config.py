@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DATA_FORMATS = ("webdataset", "imagefolder", "indices")
-# VAR's multi-scale VQVAE downsamples by 16 (VAR_NOTES.md section 1), so images must tile into 16x16 patches.
+# VAR's multi-scale VQVAE downsamples by 16 (four stride-2 stages, official `models/basic_vae.py`), so images
+# must tile into 16x16 patches.
 VQVAE_DOWNSAMPLE = 16
 
 
@@ -26,7 +27,7 @@ class DataConfig:
     batch_size: int = 32  # samples per device (per rank) per step
     val_batch_size: int | None = None  # samples per device per validation step; None = batch_size
     num_workers: int = 8  # DataLoader worker processes per rank (0 = load in the training process)
-    hflip: bool = False  # random horizontal flip in training (VAR default: off, VAR_NOTES.md section 5)
+    hflip: bool = False  # random horizontal flip in training (VAR default: off, official `build_dataset`)
     shuffle_buffer: int = 5000  # samples held by each worker's shuffle buffer (webdataset only; 0 or 1 = no shuffle)
     # Samples per training epoch summed over all ranks (webdataset only). Each rank yields exactly
     # epoch_length // (world_size * batch_size) batches; default = ImageNet-1k train size.

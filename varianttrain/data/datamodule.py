@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from varianttrain.data.checks import data_problems
 from varianttrain.data.config import DataConfig
 from varianttrain.data.resumable_loader import EpochPermutationSampler, ResumableDataLoader
 from varianttrain.data.transforms import build_transform
@@ -43,7 +44,6 @@ from varianttrain.data.webdataset_pipeline import (
     check_enough_shards,
     dist_info,
     expand_shards,
-    missing_local_shards,
 )
 
 INDEX_META = "meta.json"
@@ -133,7 +133,7 @@ class ImageNetDataModule(L.LightningDataModule):
         """(global rank, world size): explicit constructor values, else the trainer's, else torch.distributed's.
 
         The trainer is preferred over the environment: with spawn-started workers the env/torch.distributed
-        lookup inside workers silently duplicates data (WEBDATASET.md s3).
+        lookup inside workers silently duplicates data (docs/REFERENCES.md L6).
         """
         if self._rank is not None and self._world_size is not None:
             return self._rank, self._world_size
@@ -145,40 +145,28 @@ class ImageNetDataModule(L.LightningDataModule):
         # None (no trainer attached) lets the loader count its own epochs.
         return self.trainer.current_epoch if self.trainer is not None else None
 
-    def _check_path(self, key: str) -> None:
-        """Raise FileNotFoundError naming the config key and the missing path."""
-        path = getattr(self.cfg, key)
-        if path is None:
-            return
-        if self.cfg.format == "webdataset":
-            shards = expand_shards(path)
-            if not shards:
-                raise FileNotFoundError(f"data.{key}={path!r} matches no shard files")
-            missing = missing_local_shards(shards)
-            if missing:
-                raise FileNotFoundError(
-                    f"data.{key}={path!r}: {len(missing)} of {len(shards)} shards missing, first {missing[0]} "
-                    "(see data/README.md for writing shards)"
-                )
-        elif not Path(path).is_dir():
-            raise FileNotFoundError(f"data.{key}: directory {path} does not exist (format {self.cfg.format!r})")
+    def _check_paths(self) -> None:
+        """Raise FileNotFoundError naming every config key whose data is missing or empty."""
+        problems = data_problems(self.cfg)
+        if problems:
+            raise FileNotFoundError("; ".join(problems))
 
     # -- Lightning hooks ---------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
         """Check that the configured paths exist; build the map-style datasets ('imagefolder', 'indices')."""
-        self._check_path("train_path")
-        self._check_path("val_path")
+        self._check_paths()
         cfg = self.cfg
         for split, key in (("train", "train_path"), ("val", "val_path")):
             path = getattr(cfg, key)
             if path is None or split in self._datasets:
                 continue
             if cfg.format == "imagefolder":
-                from torchvision.datasets import ImageFolder
+                from varianttrain.data.image_folder import SkippingImageFolder
 
                 tf = build_transform(cfg.resolution, train=split == "train", hflip=cfg.hflip)
-                self._datasets[split] = ImageFolder(path, transform=tf)
+                self._datasets[split] = SkippingImageFolder(path, transform=tf,
+                                                            max_skip_fraction=cfg.max_skip_fraction)
             elif cfg.format == "indices":
                 self._datasets[split] = IndexDataset(path, key=f"data.{key}")
 
@@ -199,18 +187,20 @@ class ImageNetDataModule(L.LightningDataModule):
         return self._map_loader("val")
 
     def skip_counts(self) -> dict[str, int]:
-        """Corrupt samples skipped so far by this rank's train/val loaders (webdataset; 0 otherwise)."""
-        return {
-            "train": self._train_loader.skipped if self._train_loader is not None else 0,
-            "val": self._val_loader.skipped if self._val_loader is not None else 0,
-        }
+        """Corrupt samples skipped so far by this rank's train/val loaders: webdataset, and ImageFolder data read in
+        the main process (with loader workers each worker counts and logs its own skips)."""
+        counts = {}
+        for split, loader in (("train", self._train_loader), ("val", self._val_loader)):
+            dataset = self._datasets.get(split)
+            counts[split] = loader.skipped if loader is not None else getattr(dataset, "skipped", 0)
+        return counts
 
     # -- builders ----------------------------------------------------------------------------------
 
     def _webdataset_loader(self, train: bool) -> EpochLoader:
         cfg = self.cfg
         key = "train_path" if train else "val_path"
-        self._check_path(key)
+        self._check_paths()
         rank, world = self.rank_world()
         shards = expand_shards(getattr(cfg, key))
         check_enough_shards(len(shards), world, cfg.num_workers, key=f"data.{key}")

@@ -6,7 +6,8 @@
 Each sample: `<key>.jpg` (or `.png`) = the original file bytes, never re-encoded (re-encoding would change the
 pixels the pretrained VQVAE saw), `<key>.cls` = class index as ASCII text. Class index = position of the class
 folder in sorted order, exactly like torchvision ImageFolder; VAR-d30's class embedding was trained with that
-order (WEBDATASET.md s1). Files are shuffled once before writing (seeded), so every shard mixes classes.
+order (the official code builds its dataset with `DatasetFolder`). Files are shuffled once before writing
+(seeded), so every shard mixes classes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import webdataset as wds
 
 log = logging.getLogger(__name__)
 
-# Image extensions written, and the webdataset field each becomes (".JPEG" must become "jpg", WEBDATASET.md s1).
+# Image extensions written, and the webdataset field each becomes (".JPEG" must become "jpg", docs/REFERENCES.md L5).
 FIELD_BY_EXTENSION = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
 TAR_MTIME = 0.0  # fixed member mtime: the same input gives byte-identical shards
 
@@ -54,7 +55,7 @@ def list_images(src: str | Path, classes: Sequence[str]) -> list[tuple[Path, int
 
 
 def sample_key(path: Path) -> str:
-    """Sample key = file stem with dots replaced (webdataset splits key and field at the first dot, s1)."""
+    """Sample key = file stem, dots replaced (webdataset splits key and field at the first dot, REFERENCES.md L5)."""
     return path.stem.replace(".", "_")
 
 

@@ -1,4 +1,4 @@
-"""VAR's image preprocessing (VAR_NOTES.md section 5): LANCZOS short-side resize, crop, optional flip, [-1, 1]."""
+"""VAR's image preprocessing (official `build_dataset`): LANCZOS short-side resize, crop, optional flip, [-1, 1]."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ MID_RESOLUTION_RATIO = 1.125
 class ToSignedUnitRange:
     """Map a [0, 1] tensor to [-1, 1] as x * 2 - 1 (VAR's `normalize_01_into_pm1`).
 
-    A class rather than a lambda so the transform pickles into spawn-started loader workers (WEBDATASET.md s3).
+    A class rather than a lambda so the transform pickles into spawn-started loader workers (docs/REFERENCES.md L7).
     """
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,20 +1,20 @@
 """Webdataset tar shards -> batches `(img_B3HW in [-1, 1], label_B)`, split explicitly by rank then by worker.
 
-Design (WEBDATASET.md section numbers in brackets):
+Design (the webdataset behaviours it works around are docs/REFERENCES.md L5-L9, cited in brackets):
 
 - **Splitting.** webdataset's defaults either refuse multi-rank runs (`single_node_only`) or silently duplicate
-  data when ranks are read from the environment inside spawn-started workers [s3]. So the rank and world size
+  data when ranks are read from the environment inside spawn-started workers [L6]. So the rank and world size
   are resolved once in the training process (Lightning trainer, else torch.distributed, else (0, 1)), stored
   on the picklable `ShardStream`, and every worker slices `shards[rank::world][worker::num_workers]` itself.
 - **Equal steps per rank.** Each worker cycles over its shards forever (a fresh shard permutation per cycle) and
   `EpochLoader` cuts the stream after exactly `epoch_length // (world * batch)` batches - the loader-level
-  `with_epoch` of [s3]. Every rank therefore runs the same number of steps even when shards differ in size.
+  `with_epoch` of [L8]. Every rank therefore runs the same number of steps even when shards differ in size.
   When every shard holds the same number of samples and the shard count is a multiple of
   world_size * num_workers, one epoch is exactly one pass (each sample once).
 - **Determinism.** Shard order is a permutation seeded by (seed, epoch, cycle), identical on all ranks so the
   rank split stays a partition; each worker's shuffle buffer is seeded by (seed, epoch, cycle, rank, worker)
-  (a bare `shuffle(seed=...)` would give every worker the same pattern [s3]).
-- **Corrupt samples** never stop training [s4]: unreadable tars, missing fields, undecodable images and bad
+  (a bare `shuffle(seed=...)` would give every worker the same pattern [L8]).
+- **Corrupt samples** never stop training [L9]: unreadable tars, missing fields, undecodable images and bad
   labels are skipped by `SkipCounter`, which logs them (without webdataset's 0.5 s sleep per warning) and
   counts them. The count travels *with each batch* as a third element (skips since the worker's previous
   batch); `EpochLoader` strips it and adds it to `EpochLoader.skipped`. Reporting through the batch needs no
@@ -90,7 +90,7 @@ def split_by_worker(shards: Sequence[str], worker_id: int | None = None, num_wor
 def check_enough_shards(
     num_shards: int, world_size: int, num_workers: int, key: str = "data.train_path", warn: bool = True
 ) -> None:
-    """Raise when some reader (rank x worker) would get no shard (webdataset's 'No samples found' [s4]).
+    """Raise when some reader (rank x worker) would get no shard (webdataset's 'No samples found' [L9]).
 
     With `warn`, also log when the shards do not divide evenly among the readers.
     """
@@ -140,7 +140,7 @@ class SkipCounter:
         return True
 
     def handle_tar_error(self, exn: Exception) -> bool:
-        """webdataset `handler=` for the tar reading stages: count, log, continue (never sleeps, unlike [s4])."""
+        """webdataset `handler=` for the tar reading stages: count, log, continue (never sleeps, unlike [L9])."""
         return self.skip(exn, key="<tar member>", url=str(exn.args[-1]) if exn.args else "?")
 
     def pop_pending(self) -> int:
@@ -269,7 +269,7 @@ class ShardStream(IterableDataset):
                 counter.seen += 1
                 try:
                     img, label = decode_sample(sample, self.transform, self.num_classes)
-                except Exception as exn:  # noqa: BLE001 - any defect of one sample is survivable [s4]
+                except Exception as exn:  # noqa: BLE001 - any defect of one sample is survivable [L9]
                     counter.skip(exn, sample.get("__key__", "?"), sample.get("__url__", "?"))
                     continue
                 good += 1
@@ -291,7 +291,7 @@ class EpochLoader:
     Wraps a DataLoader over a `ShardStream` (batch_size=None: batching happens in the workers). Each `iter()`
     first sets the stream's epoch (from `epoch_fn`, e.g. the trainer's current epoch; when it is absent or returns
     None, from an internal counter: 0, 1, 2, ...),
-    then caps the endless stream - the per-rank `with_epoch` of WEBDATASET.md s3. `skipped` accumulates the
+    then caps the endless stream - the per-rank `with_epoch` of docs/REFERENCES.md L8. `skipped` accumulates the
     corrupt-sample counts that the workers send along with the batches.
     """
 

@@ -136,8 +136,13 @@ def ship_classifier(run: str | Path, out_dir: str | Path = DEMO_CHECKPOINTS) -> 
                                 net_arch(task_cfg), extractor.resolution, task_cfg, storage_dtype="float16")
 
 
-def ship_var(run: str | Path, out_dir: str | Path = DEMO_CHECKPOINTS, ema: bool = True) -> list[Path]:
-    """`var_d<D>.pth` (float16, official key layout) + `var_d<D>.json` (export metadata) via `varianttrain.export`."""
+def ship_var(run: str | Path, out_dir: str | Path = DEMO_CHECKPOINTS, ema: bool = True,
+             name: str | None = None) -> list[Path]:
+    """`<name>.pth` (float16, official key layout) + `<name>.json` (export metadata) via `varianttrain.export`.
+
+    `name`: default `var_d<D>` (the base model); the supernet and CoDe's refiner ship under their own names
+    (`supernet_d<D>`, `refiner_d<D>`), so the base model stays the one `var_d*.pth`.
+    """
     from varianttrain.checkpoints import load_export
     from varianttrain.export import export_checkpoint
 
@@ -148,9 +153,7 @@ def ship_var(run: str | Path, out_dir: str | Path = DEMO_CHECKPOINTS, ema: bool 
         paths = export_checkpoint(ckpt_path, tmp, ema=ema, formats=("pth",), overwrite=True)
         pth = next(p for p in paths if p.suffix == ".pth")
         _, state, meta = load_export(pth)
-    stem = f"var_d{meta['depth']}"
-    for old in out.glob("var_d*.*"):  # exactly one VAR is shipped
-        old.unlink()
+    stem = name or f"var_d{meta['depth']}"
     torch.save(half_state(state), out / f"{stem}.pth")
     meta.update(storage_dtype="float16", source_checkpoint=str(ckpt_path))
     (out / f"{stem}.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -351,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", default=DEMO_CHECKPOINTS)
         if name == "var":
             p.add_argument("--no-ema", action="store_true", help="ship the raw weights instead of the EMA")
+            p.add_argument("--name", default=None, help="file stem (default var_d<D>; e.g. supernet_d12, refiner_d4)")
     p = sub.add_parser("tokens", help="tokenise data/demo with the shipped tokenizer (data/demo_tokens)")
     p.add_argument("--data", default=DEMO_DATA)
     p.add_argument("--out", default=DEMO_TOKENS)
@@ -368,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "classifier":
         print(ship_classifier(args.run, args.out))
     elif args.cmd == "var":
-        print(*ship_var(args.run, args.out, ema=not args.no_ema), sep="\n")
+        print(*ship_var(args.run, args.out, ema=not args.no_ema, name=args.name), sep="\n")
     elif args.cmd == "tokens":
         tokenize_demo(args.data, Path(args.ckpt_dir) / VQVAE_FILE, args.out)
     elif args.cmd == "sums":

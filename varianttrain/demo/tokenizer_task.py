@@ -1,7 +1,7 @@
 """Demo training task `tokenizer`: the multi-scale residual VQVAE (VAR's tokenizer) trained from scratch.
 
 Used for the built-in demo (a small VQVAE on the 64 x 64 shapes dataset, docs/DEMO_MODELS.md); the released 256 px
-tokenizer is never retrained. The objective is reconstruction + the quantiser's own vq loss (VAR_NOTES 1.9):
+tokenizer is never retrained. The objective is reconstruction + the quantiser's own vq loss (docs/REFERENCES.md B19):
 
     loss = l1_weight * |x_rec - x| + l2_weight * (x_rec - x)^2 + gradient_weight * |grad x_rec - grad x|
            + vq_weight * vq_loss
@@ -59,7 +59,7 @@ class TokenizerTaskConfig:
     2^(len(ch_mult) - 1).
     """
 
-    # --- VQVAE architecture (VAR_NOTES 1.1) ---
+    # --- VQVAE architecture (the official `VQVAE` arguments) ---
     vocab_size: int = 512  # V, codebook entries shared by all scales
     z_channels: int = 32  # Cvae, latent / code channels
     ch: int = 32  # base width of encoder/decoder; multiple of 32 (GroupNorm groups)
@@ -220,9 +220,10 @@ class TokenizerModule(L.LightningModule):
     def scale_queries(self, f_BChw: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The vectors the quantiser matches at every scale, and their nearest codes.
 
-        Scale k quantises z_k = area_down(f - f_hat_{k-1}, p_k) (the full residual at the last scale, VAR_NOTES
-        1.8). Returns ([z_k as (B * p_k^2, C) float32], [idx_k (B * p_k^2,) int64]); the indices are those of
-        `VQVAE.img_to_idxBl` up to float rounding of near-ties (the residual is summed in another order).
+        Scale k quantises z_k = area_down(f - f_hat_{k-1}, p_k) (the full residual at the last scale,
+        docs/REFERENCES.md B7). Returns ([z_k as (B * p_k^2, C) float32], [idx_k (B * p_k^2,) int64]); the indices
+        are those of `VQVAE.img_to_idxBl` up to float rounding of near-ties (the residual is summed in another
+        order).
         """
         quantize = self.vqvae.quantize
         f_BChw = f_BChw.detach().float()

@@ -33,7 +33,7 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class SamplingSection:
-    """Sampling protocol: a preset (ANCHORS §0.2) plus optional overrides of single settings."""
+    """Sampling protocol: a preset (docs/REFERENCES.md#sampling-protocols) plus overrides of single settings."""
 
     protocol: SamplingProtocol = "official"  # 'official': top-k 900; 'code': CoDe/VARiant, top-k 600, T 1.1
     cfg: float | None = None
@@ -89,7 +89,7 @@ class MetricsSection:
 
     enabled: bool = True
     extractor: Literal["inception", "demo-classifier"] = "inception"
-    inception_weights: Path | None = None  # weights-inception-2015-12-05-6726825d.pth (EVAL_PROTOCOL §1)
+    inception_weights: Path | None = None  # weights-inception-2015-12-05-6726825d.pth (docs/REFERENCES.md L10)
     demo_classifier: Path | None = None  # for extractor: demo-classifier
     ref_stats: Path | None = None  # VIRTUAL_imagenet256_labeled.npz or any npz with mu/sigma
     ref_folder: Path | None = None  # a folder of real images (used when ref_stats is not set)

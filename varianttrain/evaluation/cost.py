@@ -1,10 +1,10 @@
 """Cost of a method: latency (model-only and end-to-end), images/s, peak memory, KV-cache bytes, FLOPs.
 
-Protocol (USER_ASKS §5: speed claims that do not reproduce): for every batch size, `warmup` untimed sampling calls,
-then `repeats` timed calls of ``generate(decode=False)`` (model-only: transformer + sampling, VQVAE decode
-excluded) and `repeats` timed calls of ``generate(decode=True)`` (end-to-end, uint8 conversion excluded). The
-median is reported (robust to a stray slow call), the mean and min are kept. Timing uses CUDA events with a
-synchronize on GPU and `time.perf_counter` on CPU. Labels are ``arange(B) % classes``, seeds fixed.
+Protocol (docs/REFERENCES.md E3: fixed conditions, so speed-ups reproduce): for every batch size, `warmup` untimed
+sampling calls, then `repeats` timed calls of ``generate(decode=False)`` (model-only: transformer + sampling, VQVAE
+decode excluded) and `repeats` timed calls of ``generate(decode=True)`` (end-to-end, uint8 conversion excluded). The
+median is reported (robust to a stray slow call), the mean and min are kept. Timing uses CUDA events with a synchronize
+on GPU and `time.perf_counter` on CPU. Labels are ``arange(B) % classes``, seeds fixed.
 
 Peak memory:
 * GPU: ``torch.cuda.max_memory_allocated`` over one end-to-end call after ``reset_peak_memory_stats`` -- tensors

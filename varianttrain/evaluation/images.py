@@ -26,7 +26,7 @@ def to_uint8(img_B3HW: torch.Tensor, rule: RoundingRule = "truncate") -> torch.T
     Values are clamped to [0, 1] and computed in float32 as ``v = x * 255``, then
     - ``"truncate"`` (default): ``floor(v)``. This is what VAR's public demo does (``mul(255)`` then
       ``astype(uint8)``) and what ADM's sampler does, so FID stays comparable with VAR's published numbers
-      (EVAL_PROTOCOL §5 "Differences that matter", §7.1). Biased by −0.5 grey levels on average.
+      (docs/REFERENCES.md L16). Biased by −0.5 grey levels on average.
     - ``"round"``: round half up, ``floor(v + 0.5)``; unbiased, but not what the published numbers used.
 
     Args:
@@ -55,7 +55,7 @@ def to_uint8(img_B3HW: torch.Tensor, rule: RoundingRule = "truncate") -> torch.T
 
 
 def save_png(path: str | os.PathLike, img_3HW: torch.Tensor) -> None:
-    """Write one ``uint8`` RGB image ``(3, H, W)`` as a lossless PNG (JPEG would change FID, EVAL_PROTOCOL §5)."""
+    """Write one ``uint8`` RGB image ``(3, H, W)`` as a lossless PNG (JPEG would change FID, docs/REFERENCES.md L16)."""
     if img_3HW.dtype != torch.uint8 or img_3HW.dim() != 3 or img_3HW.shape[0] != 3:
         raise ValueError(f"save_png expects a uint8 tensor (3, H, W), got {img_3HW.dtype} {tuple(img_3HW.shape)}")
     arr_HW3 = img_3HW.detach().cpu().permute(1, 2, 0).contiguous().numpy()

@@ -1,11 +1,11 @@
 """FID, Inception Score and improved precision/recall, computed offline and distributed-aware.
 
-Pipeline (EVAL_PROTOCOL §7): ``uint8`` samples → feature extractor (torch-fidelity's TF-compatible Inception, or any
-callable of the :class:`FeatureExtractor` protocol, e.g. the demo-mode classifier) → float64 streaming Gaussian
-statistics for FID + logits for IS (+ optional pool features for precision/recall) → metrics against reference
-``mu``/``sigma`` (the ADM reference batch). torch-fidelity is used only for the network itself; statistics and
-metrics are computed here with the low-level route of §3B, which avoids its cache, its float32-``mu`` dtype assert
-and its silently ignored keyword arguments.
+Pipeline ([FID], [IS], [PR] in docs/REFERENCES.md): ``uint8`` samples → feature extractor (torch-fidelity's
+TF-compatible Inception, or any callable of the :class:`FeatureExtractor` protocol, e.g. the demo-mode classifier) →
+float64 streaming Gaussian statistics for FID + logits for IS (+ optional pool features for precision/recall) → metrics
+against reference ``mu``/``sigma`` (the ADM reference batch). torch-fidelity is used only for the network itself;
+statistics and metrics are computed here with the low-level route (docs/REFERENCES.md L13), which avoids its cache, its
+float32-``mu`` dtype assert and its silently ignored keyword arguments.
 
 Tensor names carry their layout: ``B`` batch, ``N`` samples, ``F`` feature width (2048 for Inception pool_3),
 ``K`` classes (1008 for Inception ``logits_unbiased``).
@@ -29,7 +29,7 @@ from varianttrain.evaluation.images import IMAGE_EXTENSIONS, list_images, load_i
 
 INCEPTION_WEIGHT_FILES: tuple[str, ...] = (
     "weights-inception-2015-12-05-6726825d.pth",  # torch-fidelity releases v0.2.0
-    "pt_inception-2015-12-05-6726825d.pth",  # pytorch-fid releases (same weights, same key names: §1)
+    "pt_inception-2015-12-05-6726825d.pth",  # pytorch-fid releases (same weights and key names: REFERENCES.md L10)
 )
 ADM_REFERENCE_BATCH = "VIRTUAL_imagenet256_labeled.npz"
 ADM_REFERENCE_URL = (
@@ -52,7 +52,7 @@ def load_inception(weights_path: str | os.PathLike | None, device: str | torch.d
     """torch-fidelity's TF-compatible Inception (``inception-v3-compat``), pool_3 + unbiased logits, from a file.
 
     Never downloads: torch-fidelity falls back to ``torch.hub.load_state_dict_from_url`` only when its weights path
-    is ``None`` (EVAL_PROTOCOL §1), and this function never passes ``None``.
+    is ``None`` (docs/REFERENCES.md L10), and this function never passes ``None``.
 
     Args:
         weights_path: the 2015-12-05 Inception state dict (either file name of :data:`INCEPTION_WEIGHT_FILES`).
@@ -68,7 +68,7 @@ def load_inception(weights_path: str | os.PathLike | None, device: str | torch.d
             f"Inception weights not found ({expected}). FID/IS need the 2015-12-05 TF Inception weights in PyTorch "
             f"format: {INCEPTION_WEIGHT_FILES[0]} (torch-fidelity releases v0.2.0) or {INCEPTION_WEIGHT_FILES[1]} "
             "(pytorch-fid releases). Copy one of them into checkpoints/ and pass its path with --inception-weights "
-            "(config key eval.inception_weights). Nothing is downloaded at run time (EVAL_PROTOCOL.md §1)."
+            "(config key eval.inception_weights). Nothing is downloaded at run time (docs/EVALUATION.md)."
         )
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -90,7 +90,7 @@ def _strict_fp32(device: torch.device) -> Iterator[None]:
 
     PyTorch lets cuDNN convolutions use TF32 by default (and train.py may enable it for matmuls); TF32 perturbs
     Inception features by ~1e-3 relative, far more than the 1e-4 agreement torch-fidelity documents against the
-    float32 TensorFlow graph (EVAL_PROTOCOL §5), so the extractor is always run without it.
+    float32 TensorFlow graph (docs/REFERENCES.md L15), so the extractor is always run without it.
     """
     if device.type != "cuda":
         yield
@@ -147,7 +147,7 @@ def _gather_rows_to_rank0(x_NK: torch.Tensor) -> torch.Tensor | None:
 
 # ------------------------------------------------------------------------------------------------------ Gaussian stats
 class GaussianStats:
-    """Streaming float64 sums ``n``, ``Σx`` (F,), ``Σxxᵀ`` (F, F) of feature vectors (EVAL_PROTOCOL §3).
+    """Streaming float64 sums ``n``, ``Σx`` (F,), ``Σxxᵀ`` (F, F) of feature vectors (docs/REFERENCES.md L13).
 
     Sums (not running means) so that ranks and resumed runs combine by plain addition; float64 so that 50 000
     float32 features lose nothing (the torchmetrics algebra).
@@ -250,7 +250,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     Same algorithm as ADM's ``FIDStatistics.frechet_distance`` / pytorch-fid (``scipy.linalg.sqrtm``): when the
     product is numerically singular (non-finite root), ``eps`` is added to both diagonals; an imaginary part larger
     than 1e-3 on the diagonal is an error, a smaller one is numerical noise and dropped. Inputs may be numpy arrays
-    or tensors of any float dtype; all are cast to float64 (EVAL_PROTOCOL §3: ADM stores float64).
+    or tensors of any float dtype; all are cast to float64 (docs/REFERENCES.md L14: ADM stores float64).
     """
     from scipy import linalg
 
@@ -394,7 +394,7 @@ def load_reference_stats(path: str | os.PathLike) -> ReferenceStats:
 
     Only ``mu`` and ``sigma`` are read (``np.load`` of an ``.npz`` is lazy, so ADM's 10 000 ``arr_0`` images and
     spatial ``mu_s``/``sigma_s`` are never loaded). ADM's stored ``mu/sigma`` are **not** the statistics of its
-    ``arr_0`` images (EVAL_PROTOCOL §5), so they are never recomputed from them.
+    ``arr_0`` images (docs/REFERENCES.md L14), so they are never recomputed from them.
     """
     path = Path(path)
     if not path.is_file():
@@ -454,7 +454,7 @@ def reference_stats_from_folder(
 
     Every image goes through :func:`~varianttrain.evaluation.images.adm_center_crop` to ``image_size`` — the rule
     ADM used for its ImageNet reference batches — so the reference sees what the generator is asked to produce;
-    Inception's own resize to 299 happens inside the extractor (EVAL_PROTOCOL §2: never resize to 299 yourself).
+    Inception's own resize to 299 happens inside the extractor (docs/REFERENCES.md L11: never resize to 299 yourself).
     """
     paths = list_images(folder, IMAGE_EXTENSIONS, recursive)
     if len(paths) < 2:
@@ -481,7 +481,7 @@ class MetricsAccumulator:
         keep_logits: keep logits for IS (50 000 × 1008 float32 ≈ 0.2 GB on CPU).
         keep_features: keep pool features for precision/recall (50 000 × 2048 float32 ≈ 0.4 GB on CPU).
         batch_size: extractor batch size; larger incoming batches are split. Fix it for reported numbers: float32
-            GPU features depend slightly on it (EVAL_PROTOCOL §6).
+            GPU features depend slightly on it (docs/REFERENCES.md L15).
 
     On CUDA the extractor runs with TF32 disabled (see ``_strict_fp32``).
     """
@@ -506,7 +506,8 @@ class MetricsAccumulator:
     def update(self, images_B3HW: torch.Tensor, indices_B: torch.Tensor | None = None) -> None:
         """Add a batch of ``uint8`` RGB images ``(B, 3, H, W)``, optionally with their global sample indices."""
         if images_B3HW.dtype != torch.uint8 or images_B3HW.dim() != 4 or images_B3HW.shape[1] != 3:
-            # torch-fidelity rejects float input too (§2); quantise with images.to_uint8 and a documented rule.
+            # torch-fidelity rejects float input too (docs/REFERENCES.md L11); quantise with images.to_uint8 and a
+            # documented rule.
             raise ValueError(f"expected uint8 images (B, 3, H, W), got {images_B3HW.dtype} {tuple(images_B3HW.shape)}")
         if self.stats.n > 0 and (indices_B is not None) != bool(self._indices):
             raise ValueError("pass indices with every batch or with none")

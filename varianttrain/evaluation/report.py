@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Published numbers (ANCHORS.md §0.1) printed next to ours, by sampling protocol. Quality only: their latencies
-# come from other GPUs and batch sizes, so they are not comparable with ours.
+# Published numbers (docs/REFERENCES.md#published-numbers) printed next to ours, by sampling protocol. Quality
+# only: their latencies come from other GPUs and batch sizes, so they are not comparable with ours.
 PUBLISHED: dict[str, list[tuple[str, str]]] = {
     "official": [
         ("full", "VAR-d30 paper: FID 1.92, IS 323.1; README / arXiv v1: FID 1.97, IS 334.7"),
@@ -150,7 +150,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"{r['budget_note']} |" for r in budgeted]
     published = report.get("published") or []
     if published:
-        lines += ["", "## Published numbers (ANCHORS.md §0.1; other hardware: compare quality, not latency)", ""]
+        lines += ["", "## Published numbers (docs/REFERENCES.md; other hardware: compare quality, not latency)", ""]
         lines += [f"- {text}" for text in published]
     return "\n".join(lines) + "\n"
 

@@ -188,7 +188,7 @@ def describe_method(method: SamplingMethod) -> str:
 
 def protocol_header(cfg: EvalConfig, sampling, budget: DepthBudget, var: VAR, n_items: int, world: int,
                     device: torch.device, vqvae_path: Path, vqvae: VQVAE) -> dict[str, Any]:
-    """Everything that defines the numbers (printed in every results file, USER_ASKS §1)."""
+    """Everything that defines the numbers (printed in every results file, docs/REFERENCES.md E2)."""
     g, m = cfg.generation, cfg.metrics
     return {
         "sampling_protocol": cfg.sampling.protocol,

@@ -2,7 +2,7 @@
 
 An evaluation sample is a pair (class, index), index in [0, samples_per_class). Everything about it is a pure
 function of that pair and the base seed, never of the batch it lands in, the batch size or the number of ranks
-(USER_ASKS §1 / §9: FID that depends on the GPU count is the most reported reproduction failure):
+(docs/REFERENCES.md E1: FID that depends on the GPU count or the batch is a common reproduction failure):
 
 * its seed (`image_seed`), fed to `TokenRNG.per_image`;
 * its file name (`sample_name`);
@@ -40,8 +40,8 @@ def image_seed(base_seed: int, label: int, index: int, rule: SeedRule = "hash") 
 
     * ``hash`` (default): the first 63 bits of SHA-256 of ``"varianttrain:{base}:{label}:{index}"``: distinct
       streams for every (class, index), no arithmetic collisions whatever the number of samples per class.
-    * ``index``: ``base_seed + index``, the CoDe/VARiant protocol ("seeds 0..49 per class", ANCHORS §0.2): every
-      class reuses the same seeds (the label makes the images differ).
+    * ``index``: ``base_seed + index``, the CoDe/VARiant protocol ("seeds 0..49 per class",
+      docs/REFERENCES.md#sampling-protocols): every class reuses the same seeds (the label makes the images differ).
     """
     if label < 0 or index < 0:
         raise ValueError(f"class and index must be >= 0, got class {label}, index {index}")

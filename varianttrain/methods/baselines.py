@@ -1,5 +1,8 @@
 """The reference methods: the unmodified model, the VARiant subnet that defines the budget, and early exit.
 
+VARiant: arXiv 2511.16546 (bridge zone + equidistant subnets). Early exit: the EE-k baseline of DepthVAR (arXiv
+2604.17286): every token of every scale stops after block e.
+
 All three are fixed scale-wise `DepthPlan`s (`StaticPlanMethod`), so their FLOPs are the closed form of the plan.
 """
 

@@ -1,5 +1,7 @@
 """The compute budget every method is built for: ``--depth d`` = the FLOPs of a VARiant d-layer subnet.
 
+VARiant: arXiv 2511.16546, docs/REFERENCES.md.
+
 The first N scales (the bridge) run all D blocks, the later scales run the d blocks I_d. Each factory receives the
 budget and the model and picks its own knobs so that its sampling FLOPs match `DepthBudget.variant_flops` as closely
 as its design allows; it reports how close it came in a `BudgetMatch` (`DepthBudget.match`).

@@ -91,30 +91,28 @@ def code_flops(drafter: VAR, refiner: VAR, draft_scales: int) -> FlopCounter:
         return _alone(refiner)
     n = [pn * pn for pn in drafter.patch_nums]
     counter = FlopCounter()
-    cum = 0
-    for k in range(N):  # the drafter's scales
-        cum += n[k]
-        for _ in range(drafter.depth):
-            counter.add_block(2, n[k], cum, drafter.C)
-        counter.add_head(2, n[k], drafter.C, drafter.V)
-        if k + 1 < N:
-            counter.add_embed(2, n[k + 1], drafter.Cvae, drafter.C)
+    _decode(counter, drafter, n, range(0, N), keys_before=0, embeds_until=N)  # the next input is the refiner's
     counter.add_modulation(2, drafter.C, drafter.depth)
     prefix = sum(n[:N])  # the refiner's prefill: the inputs of the drafted scales, one dense block-causal pass
     for k in range(1, N + 1):
         counter.add_embed(2, n[k], refiner.Cvae, refiner.C)
     for _ in range(refiner.depth):
         counter.add_block(2, prefix, prefix, refiner.C)
-    cum = prefix
-    for k in range(N, K):
-        cum += n[k]
-        for _ in range(refiner.depth):
-            counter.add_block(2, n[k], cum, refiner.C)
-        counter.add_head(2, n[k], refiner.C, refiner.V)
-        if k + 1 < K:
-            counter.add_embed(2, n[k + 1], refiner.Cvae, refiner.C)
+    _decode(counter, refiner, n, range(N, K), keys_before=prefix, embeds_until=K)
     counter.add_modulation(2, refiner.C, refiner.depth)
     return counter
+
+
+def _decode(counter: FlopCounter, var: VAR, n: list[int], scales: range, keys_before: int, embeds_until: int) -> None:
+    """KV-cached scales of one model with CFG: every block, the head, and the next scale's input embedding."""
+    cached = keys_before
+    for k in scales:
+        cached += n[k]
+        for _ in range(var.depth):
+            counter.add_block(2, n[k], cached, var.C)
+        counter.add_head(2, n[k], var.C, var.V)
+        if k + 1 < embeds_until:
+            counter.add_embed(2, n[k + 1], var.Cvae, var.C)
 
 
 def _alone(var: VAR) -> FlopCounter:

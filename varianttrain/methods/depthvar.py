@@ -1,21 +1,21 @@
-"""DepthVAR (per-token dynamic depth) as a strategy of the one sampler.
+"""DepthVAR (per-token dynamic depth, arXiv 2604.17286) as a strategy of the one sampler.
 
 The math (scores, depths, masks, restoration, budgets) lives in `depthvar_schedule`; this module wires
-it into `varianttrain.sampling.sampler.generate` through the `SamplingMethod` hooks, following the §2 loop of
-shared/reference/depthvar/DEPTHVAR_SPEC.md (section numbers below refer to it):
+it into `varianttrain.sampling.sampler.generate` through the `SamplingMethod` hooks, following the DV1 loop of
+the DepthVAR port in docs/METHODS.md (DV numbers below refer to its steps):
 
 * scales k <= R run at full depth; the last one that precedes an accelerated scale records Δ^ℓ = x_out - x_in for
-  every block (`block_hook`, §5.6);
+  every block (`block_hook`, DV12);
 * an accelerated scale k > R gets a `ScalePlan` whose `token_mask_BDl` is the layer-major mask of `depth_maps`,
-  ranked on the previous scale's Δ (§3, §4), and its per-block token counts (the same for every image with ordinal
-  ranks, so the model needs no host sync); the model gathers the running tokens per block and omits the others
-  from attention and from that block's KV cache (§5.2, §5.3); `skip_fill` gives a skipped token the proxy
-  x_in + up(Δ_prev^ℓ) instead of its identity (bilinear, §5.1) and the hook records the new Δ for the next scale
-  (§5.5);
-* `before_head` applies the similarity restoration of d = 0 tokens on the previous scale's guided logits (§6);
-* `code_weights` returns the continuous score S for code blending (pre-φ, §7).
+  ranked on the previous scale's Δ (DV2-DV9), and its per-block token counts (the same for every image with
+  ordinal ranks, so the model needs no host sync); the model gathers the running tokens per block and omits the
+  others from attention and from that block's KV cache (DV11); `skip_fill` gives a skipped token the proxy
+  x_in + up(Δ_prev^ℓ) instead of its identity (bilinear, DV10) and the hook records the new Δ for the next scale
+  (DV12);
+* `before_head` applies the similarity restoration of d = 0 tokens on the previous scale's guided logits (DV13);
+* `code_weights` returns the continuous score S for code blending (pre-φ, DV14).
 
-Every sample of the batch is sampled at every scale (§8), so RNG use equals the baseline's.
+Every sample of the batch is sampled at every scale (DV15), so RNG use equals the baseline's.
 
 Budget (`build_depthvar`): ``reference_scale`` (knob or `DepthBudget.reference_scale`) is the paper mode
 (A_i = N_R / N_i); otherwise ``--depth d`` is met with `budget_for_depth` (equal token-layer count to the VARiant
@@ -54,7 +54,7 @@ from varianttrain.sampling.sampler import SamplingContext, SamplingMethod
 
 
 class DepthVARMethod(SamplingMethod):
-    """DepthVAR through the sampler hooks (spec §2). One instance serves any number of `generate` calls.
+    """DepthVAR through the sampler hooks (docs/METHODS.md DV1). One instance serves any number of `generate` calls.
 
     Args:
         var: the model (only its shape is read: depth, patch_nums).
@@ -76,7 +76,7 @@ class DepthVARMethod(SamplingMethod):
         self.depth = var.depth
         self.patch_nums = tuple(var.patch_nums)
         self.tables = rank_tables(self.patch_nums, self.depth, config)
-        # A table with c None (infeasible budget) runs standard inference (S = 1, §3.5); with unit_score every
+        # A table with c None (infeasible budget) runs standard inference (S = 1, DV6); with unit_score every
         # scale > R goes through the masked path.
         self.accelerated = frozenset(k for k, t in enumerate(self.tables)
                                      if t is not None and (unit_score or not t.full_depth))
@@ -100,7 +100,7 @@ class DepthVARMethod(SamplingMethod):
                              f"{ctx.var.config.describe()}")
         self._reset()
         key = str(ctx.device)
-        if key not in self._device_tables:  # move the rank tables once per device (§5.2: no per-step copies)
+        if key not in self._device_tables:  # move the rank tables once per device (DV11: no per-step copies)
             self._device_tables[key] = [None if t is None else t.to(ctx.device) for t in self.tables]
         self._tables = self._device_tables[key]
 
@@ -129,7 +129,7 @@ class DepthVARMethod(SamplingMethod):
 
     @property
     def skip_fill(self):
-        """At an accelerated scale, tokens that skip a block take the proxy x_in + up(Δ_prev) (§5.1)."""
+        """At an accelerated scale, tokens that skip a block take the proxy x_in + up(Δ_prev) (DV10)."""
         return self._fill if self.maps is not None else None
 
     def _fill(self, block: int, x_in: torch.Tensor) -> torch.Tensor:
@@ -138,20 +138,20 @@ class DepthVARMethod(SamplingMethod):
         return x_in + proxy.to(x_in.dtype)
 
     def _hook(self, block: int, x_in: torch.Tensor, x_out: torch.Tensor, ran_Bl: torch.Tensor | None) -> torch.Tensor:
-        self._deltas_cur[block] = x_out - x_in  # computed change, or the proxy change of masked tokens (§5.5)
+        self._deltas_cur[block] = x_out - x_in  # computed change, or the proxy change of masked tokens (DV12)
         return x_out
 
     def before_head(self, scale: int, x_BlC: torch.Tensor) -> torch.Tensor:
         if self.maps is None or not self.config.restoration or self.unit_score:
             return x_BlC
         table = self._tables[scale]
-        features = upsample_tokens(self._logits_prev, table.prev_hw, table.hw, "nearest")  # §6 step 3
+        features = upsample_tokens(self._logits_prev, table.prev_hw, table.hw, "nearest")  # DV13 step 3
         x_BlC, self._source = restore_similar(x_BlC, self.maps.depth, features, self.config.restore_window,
                                               self.config.restore_threshold)
         return x_BlC
 
     def on_guided_logits(self, scale: int, logits_BlV: torch.Tensor) -> None:
-        # The sampler filters the logits in place afterwards: keep a clone (§1, §5.6).
+        # The sampler filters the logits in place afterwards: keep a clone (DV12).
         keep = scale + 1 in self.accelerated and self.config.restoration and not self.unit_score
         self._logits_prev = logits_BlV.clone() if keep else None
 
@@ -160,9 +160,9 @@ class DepthVARMethod(SamplingMethod):
             self.deltas_prev, self._deltas_cur, self._logits_prev = None, None, None
         if self.maps is None or not self.config.blending:
             return None
-        score = self.maps.score.flatten(1)  # continuous S (§7), float64; the sampler casts
+        score = self.maps.score.flatten(1)  # continuous S (DV14), float64; the sampler casts
         if self.config.restore_weight == "anchor" and self._source is not None:
-            score = score.gather(1, self._source)  # restored tokens take their anchor's S (§6 step 6)
+            score = score.gather(1, self._source)  # restored tokens take their anchor's S (DV13 step 6)
         return score
 
     def kv_capacity_plan(self) -> DepthPlan | None:
@@ -170,7 +170,7 @@ class DepthVARMethod(SamplingMethod):
 
     # ------------------------------------------------------------------ cost
     def token_counts(self) -> list[list[int] | None]:
-        """Per scale the per-block token counts (ordinal ranks make them image-independent, §3.2)."""
+        """Per scale the per-block token counts (ordinal ranks make them image-independent, DV3)."""
         out: list[list[int] | None] = []
         for k, table in enumerate(self.tables):
             if k not in self.accelerated:
@@ -217,11 +217,11 @@ def _check_supported(config: DepthVARConfig, depth: int) -> None:
 CONFIG_KNOBS: tuple[str, ...] = tuple(f.name for f in fields(DepthVARConfig))
 EXTRA_KNOBS: tuple[str, ...] = ("unit_score", "budget_match")
 BUDGET_MATCH = ("token_layers", "flops")
-REFERENCE_DEPTH = 30  # the spec's defaults (ref_layer_range (3, 18)) are for VAR-d30 (§10.2)
+REFERENCE_DEPTH = 30  # the port's defaults (ref_layer_range (3, 18)) are for VAR-d30 (DV16)
 
 
 def default_layer_range(depth: int) -> tuple[int, int]:
-    """The spec's [3, 18] of 30 blocks rescaled to `depth` blocks (as the spec rescaled Infinity's 3-19 of 32)."""
+    """The default [3, 18] of 30 blocks rescaled to `depth` blocks, as [3, 18] rescales the paper's 3-19 (DV16)."""
     lo, hi = DepthVARConfig().ref_layer_range
     if depth == REFERENCE_DEPTH:
         return lo, hi

@@ -1,7 +1,8 @@
 """DepthVAR (per-token dynamic depth) — the pure, model-independent math.
 
-Everything here follows shared/reference/depthvar/DEPTHVAR_SPEC.md; section numbers (§) refer to it and the tags
-[P] (paper) / [D] (project decision) are the spec's. Nothing touches a model: the sampler integration (gathers,
+Everything here follows the DepthVAR port defined in docs/METHODS.md (steps DV1-DV17, cited by number) and the
+paper [DepthVAR] (arXiv 2604.17286); the tags [P] (stated in the paper) / [D] (decision of this port) are those of
+docs/METHODS.md. Nothing touches a model: the sampler integration (gathers,
 proxies, KV cache) calls these functions once per scale.
 
 Use inside the sampler loop (`varianttrain.methods.depthvar` does exactly this through the sampler hooks)::
@@ -13,7 +14,7 @@ Use inside the sampler loop (`varianttrain.methods.depthvar` does exactly this t
         maps = depth_maps(delta_prev, table, cfg)             # S (B,h,w), d (B,h,w), mask (B,L,N), order (B,N)
         ... blocks on the mask; proxies x + up(delta_prev[l]) for the tokens a block skips
         x, src = restore_similar(x, maps.depth, logits_prev upsampled to (h, w))
-        codes = codes * maps.score                            # when cfg.blending (pre-phi, §7)
+        codes = codes * maps.score                            # when cfg.blending (pre-phi, DV14)
 
 Shapes: B images (the model sees 2B rows with CFG: [0,B) conditional, [B,2B) unconditional), N = h*w tokens of
 the current scale in raster order, L blocks, C width.
@@ -45,26 +46,26 @@ def _check(value: object, name: str, allowed: tuple) -> None:
 
 @dataclass(frozen=True)
 class DepthVARConfig:
-    """All DepthVAR options with the spec's VAR-d30 defaults (§10.2)."""
+    """All DepthVAR options with the port's VAR-d30 defaults (docs/METHODS.md DV16)."""
 
     reference_scale: int = 6  # R: scales i <= R run at full depth, i > R are accelerated [P]
-    ref_layer_range: tuple[int, int] = (3, 18)  # inclusive block range summed into the rank map (§3.1, §10.2)
-    metric: str = "mae"  # 'mae' | 'mse' | 'sub' (§3.1)
-    schedule: str = "sigmoid"  # 'sigmoid' | 'linear-a' | 'linear-b' (§3.3)
+    ref_layer_range: tuple[int, int] = (3, 18)  # inclusive block range summed into the rank map (DV2, DV16)
+    metric: str = "mae"  # 'mae' | 'mse' | 'sub' (DV2)
+    schedule: str = "sigmoid"  # 'sigmoid' | 'linear-a' | 'linear-b' (DV4)
     sigmoid_k: float = 12.0  # sigmoid steepness k [P]
     eta: float = 0.8  # tent peak of the cyclic percentile rotation, 0 < eta < 1 [P]
     rotation: bool = True  # False: the "w/o rotation" ablation, S = G(rho)
-    area_mode: str = "head"  # 'head': eta*I(c) = A_i (literal paper); 'full': I(c) = A_i (§3.5)
-    rank_ties: str = "ordinal"  # 'ordinal' (stable, raster tie-break) | 'min' (paper-exact ties) (§3.2)
-    cfg_halves: str = "mean"  # rank map from the mean of both CFG rows | 'cond' only (§3.1, §8)
-    rank_upsample: str = "bilinear"  # 'bilinear' | 'nearest' (§3.1 step 4)
-    proxy_upsample: str = "bilinear"  # masked-block proxy up(Δ) [P] (§5.1)
-    restoration: bool = True  # similarity restoration of d = 0 tokens (§6)
+    area_mode: str = "head"  # 'head': eta*I(c) = A_i (literal paper); 'full': I(c) = A_i (DV6)
+    rank_ties: str = "ordinal"  # 'ordinal' (stable, raster tie-break) | 'min' (paper-exact ties) (DV3)
+    cfg_halves: str = "mean"  # rank map from the mean of both CFG rows | 'cond' only (DV2, DV15)
+    rank_upsample: str = "bilinear"  # 'bilinear' | 'nearest' (DV2)
+    proxy_upsample: str = "bilinear"  # masked-block proxy up(Δ) [P] (DV10)
+    restoration: bool = True  # similarity restoration of d = 0 tokens (DV13)
     restore_threshold: float = 0.9  # strict: restore only when cosine similarity > threshold [P]
     restore_window: int = 5  # anchor grid spacing in tokens [P]
-    restore_weight: str = "own"  # code weight of a restored token: its own S | the 'anchor' S (§6 step 6)
-    blending: bool = True  # multiply the code vectors by the continuous S before phi (literal Eq. 2, §7)
-    match_discrete_budget: bool = False  # solve c on the realised floor(L*S) budget instead of the area (§3.5)
+    restore_weight: str = "own"  # code weight of a restored token: its own S | the 'anchor' S (DV13 step 6)
+    blending: bool = True  # multiply the code vectors by the continuous S before phi (literal Eq. 2, DV14)
+    match_discrete_budget: bool = False  # solve c on the realised floor(L*S) budget instead of the area (DV6)
     # Project extension (not in the paper): one common target area f for every accelerated scale instead of
     # A_i = N_R / N_i. Set by budget_for_depth for the equal-compute comparison with a VARiant subnet.
     target_fraction: float | None = None
@@ -101,12 +102,12 @@ class DepthVARConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Layer order and masks (§4)
+# Layer order and masks (DV7-DV9)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def bit_reversal_order(num_layers: int) -> list[int]:
-    """pi_L: rev_k(x) for x = 0..2^k-1 (k = ceil(log2 L)) with values >= L dropped, order kept (§4.2).
+    """pi_L: rev_k(x) for x = 0..2^k-1 (k = ceil(log2 L)) with values >= L dropped, order kept (DV8).
 
     Exactly the paper's order for powers of two; for other L it is the only rule that stays a permutation
     (clamping or modulo would duplicate layers).
@@ -119,7 +120,7 @@ def bit_reversal_order(num_layers: int) -> list[int]:
 
 
 def layer_positions(num_layers: int) -> list[int]:
-    """pos_L[l] = position of block l in pi_L; block l runs for a token iff pos_L[l] < d (§4.3)."""
+    """pos_L[l] = position of block l in pi_L; block l runs for a token iff pos_L[l] < d (DV9)."""
     pos = [0] * num_layers
     for j, layer in enumerate(bit_reversal_order(num_layers)):
         pos[layer] = j
@@ -127,12 +128,12 @@ def layer_positions(num_layers: int) -> list[int]:
 
 
 def integer_depths(score: Tensor, num_layers: int) -> Tensor:
-    """d = clamp(floor(L*S), 0, L) as int64 [P] (§4.1). Pass float64 S where exact floors matter."""
+    """d = clamp(floor(L*S), 0, L) as int64 [P] (DV7). Pass float64 S where exact floors matter."""
     return torch.floor(score * num_layers).clamp_(0, num_layers).long()
 
 
 def layer_major_mask(depth: Tensor, num_layers: int, positions: Tensor | None = None) -> Tensor:
-    """Bool (B, L, N) with M[b, l, p] = pos_L[l] < d[b, p], from depths (B, h, w) or (B, N) (§4.3).
+    """Bool (B, L, N) with M[b, l, p] = pos_L[l] < d[b, p], from depths (B, h, w) or (B, N) (DV9).
 
     `positions`: pos_L as an int64 tensor on depth's device (a `ScaleRankTable` holds one), saving a host copy.
     """
@@ -141,19 +142,19 @@ def layer_major_mask(depth: Tensor, num_layers: int, positions: Tensor | None = 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Decision rank map and percentiles (§3.1, §3.2)
+# Decision rank map and percentiles (DV2, DV3)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def _token_metric(delta: Tensor, metric: str) -> Tensor:
-    """E(Δ) per row and token, (R, N). Channel mean (not sum): same ranking (§3.1), comparable magnitudes."""
+    """E(Δ) per row and token, (R, N). Channel mean (not sum): same ranking (DV2), comparable magnitudes."""
     acc = torch.float64 if delta.dtype == torch.float64 else torch.float32
     num_channels = delta.shape[-1]
     if metric == "mae":
         return torch.linalg.vector_norm(delta, 1, dim=-1, dtype=acc) / num_channels
     if metric == "mse":
         return torch.linalg.vector_norm(delta, 2, dim=-1, dtype=acc).square() / num_channels
-    # 'sub' [D, §3.1]: squared distance to the mean change over the token map of that row and block.
+    # 'sub' [D, DV2]: squared distance to the mean change over the token map of that row and block.
     centred = delta.to(acc) - delta.mean(dim=1, keepdim=True, dtype=acc)
     return torch.linalg.vector_norm(centred, 2, dim=-1).square() / num_channels
 
@@ -166,7 +167,7 @@ def rank_map(
     cfg_halves: str = "mean",
     batch: int | None = None,
 ) -> Tensor:
-    """b_{i-1}: (B, h_prev, w_prev) map of summed per-token block changes of the previous scale (§3.1).
+    """b_{i-1}: (B, h_prev, w_prev) map of summed per-token block changes of the previous scale (DV2).
 
     Args:
         deltas: per block l, Δ^l of the previous scale, (R, N_prev, C) each (a list or an (L, R, N_prev, C) stack).
@@ -192,13 +193,13 @@ def rank_map(
 
 
 def upsample_rank_map(b: Tensor, hw: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """B_i = up(b_{i-1}) to (h, w): bilinear with align_corners=False and no antialias [P+D], or nearest (§3.1)."""
+    """B_i = up(b_{i-1}) to (h, w): bilinear with align_corners=False and no antialias [P+D], or nearest (DV2)."""
     kwargs = {"align_corners": False} if mode == "bilinear" else {}
     return F.interpolate(b[:, None], size=tuple(hw), mode=mode, **kwargs)[:, 0]
 
 
 def ordinal_order(b: Tensor) -> tuple[Tensor, Tensor]:
-    """(order, rank), both (B, N): tokens by descending B with ties in raster order, and each token's rank (§3.2)."""
+    """(order, rank), both (B, N): tokens by descending B with ties in raster order, and each token's rank (DV3)."""
     flat = b.reshape(b.shape[0], -1)
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
@@ -207,7 +208,7 @@ def ordinal_order(b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def percentiles(b: Tensor, ties: str = "ordinal") -> Tensor:
-    """rho in {0, 1/N, .., (N-1)/N}, float64, shape of b (B, h, w); rho = 0 for the largest change (§3.2).
+    """rho in {0, 1/N, .., (N-1)/N}, float64, shape of b (B, h, w); rho = 0 for the largest change (DV3).
 
     'ordinal' [D default]: rank in a stable descending sort (raster tie-break). 'min' [P]: #{q: B(q) > B(p)} / N.
     """
@@ -224,17 +225,17 @@ def percentiles(b: Tensor, ties: str = "ordinal") -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Schedules, rotation and the budget constant (§3.3-§3.5)
+# Schedules, rotation and the budget constant (DV4-DV6)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def tent(rho: Tensor, eta: float = 0.8) -> Tensor:
-    """Cyclic rotation tau_eta: rho/eta up to eta, then the reflection (1-rho)/(1-eta) — not a sawtooth (§3.4)."""
+    """Cyclic rotation tau_eta: rho/eta up to eta, then the reflection (1-rho)/(1-eta) — not a sawtooth (DV5)."""
     return torch.where(rho <= eta, rho / eta, (1.0 - rho) / (1.0 - eta))
 
 
 def schedule_value(x: Tensor, family: str, c: float, k: float = 12.0) -> Tensor:
-    """G(x; c), decreasing on [0, 1]; the linear forms are clipped to [0, 1] (§3.3)."""
+    """G(x; c), decreasing on [0, 1]; the linear forms are clipped to [0, 1] (DV4)."""
     if family == "sigmoid":
         return torch.sigmoid(-k * (x - c))  # the stable form, k = 256 occurs in the ablation
     if family == "linear-a":
@@ -250,7 +251,7 @@ def _log_expm1(z: float) -> float:
 
 
 def _inverse_area(target: float, upper: float, family: str, k: float) -> float:
-    """c with J(c) = target for 0 < target < upper; the closed forms of §3.5 generalised to any upper limit."""
+    """c with J(c) = target for 0 < target < upper; the closed forms of DV6 generalised to any upper limit."""
     t, u = target, upper
     if family == "sigmoid":  # c = (1/k) ln[(e^{kT} - 1) / (e^{k(u-T)} - 1) * e^{k(u-T)}]
         return (_log_expm1(k * t) - _log_expm1(k * (u - t)) + k * (u - t)) / k
@@ -265,7 +266,7 @@ def _inverse_area(target: float, upper: float, family: str, k: float) -> float:
 
 
 def _area_target(target_area: float, eta: float, rotation: bool, area_mode: str) -> tuple[float, float]:
-    """(upper, T): the budget as ∫_0^upper G = T (§3.5).
+    """(upper, T): the budget as ∫_0^upper G = T (DV6).
 
     With rotation both tent branches map affinely onto [0, 1], so ∫_0^1 G(tau) = I(c) and ∫_0^eta G(tau) = eta I(c).
     """
@@ -282,7 +283,7 @@ def solve_schedule_constant(
     rotation: bool = True,
     area_mode: str = "head",
 ) -> float | None:
-    """c for a target area A (§3.5), or None when A' >= the attainable area: run that scale at full depth.
+    """c for a target area A (DV6), or None when A' >= the attainable area: run that scale at full depth.
 
     Closed forms in float64 (expm1/log1p where cancellation or overflow would bite).
     """
@@ -312,7 +313,7 @@ def _hw(patch: int | Sequence[int]) -> tuple[int, int]:
 
 
 def reference_areas(patch_nums: Sequence[int | Sequence[int]], reference_scale: int) -> list[float | None]:
-    """A_i = N_R / N_i for accelerated scales i > R, None for i <= R [P] (§3.5)."""
+    """A_i = N_R / N_i for accelerated scales i > R, None for i <= R [P] (DV6)."""
     sizes = [h * w for h, w in map(_hw, patch_nums)]
     return [sizes[reference_scale] / n if i > reference_scale else None for i, n in enumerate(sizes)]
 
@@ -373,7 +374,7 @@ def scale_constants(
 
 @dataclass(frozen=True, eq=False)
 class ScaleRankTable:
-    """What DepthVAR needs at one accelerated scale and that does not depend on the image (§3.5, §5.2).
+    """What DepthVAR needs at one accelerated scale and that does not depend on the image (DV6, DV11).
 
     With ordinal ranks the depth is a function of the rank alone, so the scores, depths and per-block counts are
     tables indexed by rank, computed once in float64.
@@ -403,7 +404,7 @@ class ScaleRankTable:
 def rank_tables(
     patch_nums: Sequence[int | Sequence[int]], num_layers: int, cfg: DepthVARConfig
 ) -> list[ScaleRankTable | None]:
-    """One ScaleRankTable per accelerated scale i > R, None for standard scales; R >= K-1 gives the baseline (§2)."""
+    """One ScaleRankTable per accelerated scale i > R, None for standard scales; R >= K-1 gives the baseline (DV1)."""
     hws = [_hw(p) for p in patch_nums]
     pos = torch.tensor(layer_positions(num_layers))
     tables: list[ScaleRankTable | None] = []
@@ -428,7 +429,7 @@ class DepthMaps:
 
 
 def depth_maps(deltas: Sequence[Tensor] | Tensor, table: ScaleRankTable, cfg: DepthVARConfig) -> DepthMaps:
-    """SCHEDULER of §2: previous-scale Δ (per block (2B, N_prev, C)) -> S, d and the layer-major mask."""
+    """The scheduler of DV1: previous-scale Δ (per block (2B, N_prev, C)) -> S, d and the layer-major mask."""
     b = rank_map(deltas, table.prev_hw, cfg.ref_layer_range, cfg.metric, cfg.cfg_halves)
     b = upsample_rank_map(b, table.hw, cfg.rank_upsample)
     shape = b.shape
@@ -436,7 +437,7 @@ def depth_maps(deltas: Sequence[Tensor] | Tensor, table: ScaleRankTable, cfg: De
         order, rank = ordinal_order(b)
         score = table.score_by_rank.to(b.device)[rank]
         depth = table.depth_by_rank.to(b.device)[rank]
-    else:  # counts may differ between images: the caller pads (§8)
+    else:  # counts may differ between images: the caller pads (DV15)
         order = None
         score = depth_scores(percentiles(b, "min"), table.c, cfg)
         depth = integer_depths(score, table.num_layers)
@@ -445,7 +446,7 @@ def depth_maps(deltas: Sequence[Tensor] | Tensor, table: ScaleRankTable, cfg: De
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Compute budgets (§10.3) and the equal-compute solver (project decision)
+# Compute budgets (DV17) and the equal-compute solver (project decision)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -480,11 +481,11 @@ def budget_for_depth(
 ) -> BudgetSolution:
     """Equal-compute DepthVAR for a VARiant subnet: first `bridge` scales at full depth, later scales `depth` of L.
 
-    Project decision [D; the paper only has --reference-scale]: keep the schedule machinery of §3 but accelerate
-    exactly the flexible-zone scales (R = bridge - 1) and give them one common target area f instead of N_R/N_i.
-    f is solved (`match_budget`) so that the realised integer token-layer count over the flexible zone (ordinal ranks,
-    so the same for every image) equals depth * Σ N_i; when no f hits it exactly (one f moves several tokens at once)
-    the closest count is taken, ties to the cheaper one. depth = L gives full depth. match_discrete_budget is
+    Project decision [D; the paper only defines a reference scale R]: keep the schedule machinery of DV2-DV6 but
+    accelerate exactly the flexible-zone scales (R = bridge - 1) and give them one common target area f instead of
+    N_R/N_i. f is solved (`match_budget`) so that the realised integer token-layer count over the flexible zone (ordinal
+    ranks, so the same for every image) equals depth * Σ N_i; when no f hits it exactly (one f moves several tokens at
+    once) the closest count is taken, ties to the cheaper one. depth = L gives full depth. match_discrete_budget is
     switched off in the returned config: f already matches the discrete budget, jointly over the zone.
     """
     cfg = DepthVARConfig() if cfg is None else cfg
@@ -517,12 +518,12 @@ def budget_for_depth(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Similarity restoration (§6)
+# Similarity restoration (DV13)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def anchor_lines(size: int, window: int = 5) -> list[int]:
-    """Anchor rows (or columns): {0, w, 2w, ...} ∪ {size-1}, deduplicated (§6 step 1)."""
+    """Anchor rows (or columns): {0, w, 2w, ...} ∪ {size-1}, deduplicated (DV13 step 1)."""
     return sorted(set(range(0, size, window)) | {size - 1})
 
 
@@ -531,10 +532,10 @@ def anchor_candidates(h: int, w: int, window: int = 5, num: int = 4,
                       device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """(anchors (A,), candidates (N, min(num, A))): anchor raster indices, and per token its `num` nearest anchors.
 
-    Candidates are indices into `anchors`, nearest first by squared grid distance, ties by anchor raster order
-    (§6 step 2). [D] The spec glosses them as "the corners of the anchor cell"; the distance rule (the SparseVAR
-    port's) is what is implemented — the two differ only next to a narrow border cell (e.g. 8x8 token (6,4) gets
-    (5,7) before (5,0)). Built on the CPU and, for `device`, copied there once (cached): treat as read-only.
+    Candidates are indices into `anchors`, nearest first by squared grid distance, ties by anchor raster order (DV13
+    step 2). [D] "The corners of the token's anchor cell" would be a shorter description; the distance rule (the public
+    SparseVAR port's) is what is implemented — the two differ only next to a narrow border cell (e.g. 8x8 token (6,4)
+    gets (5,7) before (5,0)). Built on the CPU and, for `device`, copied there once (cached): treat as read-only.
     """
     if device is not None and torch.device(device) != torch.device("cpu"):
         return tuple(t.to(device) for t in anchor_candidates(h, w, window, num))
@@ -554,7 +555,7 @@ def restore_similar(
     window: int = 5,
     threshold: float = 0.9,
 ) -> tuple[Tensor, Tensor]:
-    """Similarity restoration of never-computed tokens (§6): copy an anchor's final hidden state to d = 0 tokens.
+    """Similarity restoration of never-computed tokens (DV13): copy an anchor's final hidden state to d = 0 tokens.
 
     Args:
         hidden: (R, N, C) final hidden states (after block L-1, before the head), R = B or 2B (CFG rows).
@@ -588,5 +589,5 @@ def restore_similar(
     rows = hidden.shape[0]
     if rows % batch:
         raise ValueError(f"{rows} hidden rows do not match a batch of {batch}")
-    index = source.repeat(rows // batch, 1)  # rows [0,B) cond, [B,2B) uncond share the sample's choice (§8)
+    index = source.repeat(rows // batch, 1)  # rows [0,B) cond, [B,2B) uncond share the sample's choice (DV15)
     return hidden.gather(1, index[..., None].expand_as(hidden)), source

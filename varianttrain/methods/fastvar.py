@@ -1,6 +1,6 @@
-"""FastVAR (cached token pruning, ICCV 2025) ported to class-conditional VAR as a strategy of the one sampler.
+"""FastVAR (cached token pruning, arXiv 2503.23367) ported to class-conditional VAR as a strategy of the one sampler.
 
-What the official code does (csguoh/FastVAR, Infinity; DEPTHVAR_SPEC.md §15 first bullet, ANCHORS.md §3.3): at a
+What the official code does (csguoh/FastVAR `Infinity/infinity/models/fastvar_utils.py`, `compute_merge`): at a
 few large scales, inside the middle blocks only (Infinity: blocks 3..27 of 32), every sub-layer (self-attention,
 cross-attention, FFN) runs on the tokens whose *input* has the largest squared L2 distance to the token map's
 mean; pruned tokens take that sub-layer's output change cached at one earlier scale (24x24), area-resized; only
@@ -19,12 +19,13 @@ This port (decisions and deviations, each forced by or chosen for the sampler's 
   A faithful per-block score needs a sampler/model extension (a per-block token selector called inside
   `forward_scale`); see docs/METHODS.md.
 * CFG: one keep set per image, shared by its conditional and unconditional rows, ranked on the mean of both rows'
-  scores (the official code selects per row). Same rule as DepthVAR §8, so no padding is needed.
+  scores (the official code selects per row). Same rule as DepthVAR's DV15 (docs/METHODS.md), so no padding is
+  needed.
 * Ties in the score: stable sort, raster order first.
 * No scale is skipped: the optional "skip the last scales" of FastVAR* is not appropriate for VAR-d30, whose last
-  scale is the full 16x16 latent (spec §10.1).
-* Defaults: pruned blocks [3, D-3] inclusive (the brief's range for VAR-d30; Infinity's official range 3..27 of 32
-  is [3, D-5]); models with D < 8 use [1, D-2]. Cache scale = the scale before the first pruned one.
+  scale is the full 16x16 latent (Infinity's last two scales are 48x48 and 64x64 refinements).
+* Defaults: pruned blocks [3, D-3] inclusive (three blocks left out at each end; Infinity's official range 3..27
+  of 32 is [3, D-5]); models with D < 8 use [1, D-2]. Cache scale = the scale before the first pruned one.
 
 Budget (`build_fastvar`): the pruned scales are the budget's flexible zone (scales >= bridge N, where VARiant saves
 its compute), the cache scale is N-1 (the last full-depth bridge scale), and one prune ratio p for all pruned scales

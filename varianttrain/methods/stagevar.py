@@ -1,11 +1,11 @@
 """StageVAR (stage-aware acceleration, arXiv 2512.16483) ported to class-conditional VAR as a sampler strategy.
 
-What is known (shared/reference/anchors/ANCHORS.md §1; no code was ever released): the semantic and structure
-stages run unmodified; only the fidelity-refinement stage (the last, large scales) is accelerated, by (1) running a
-single branch instead of the CFG pair, and (2) running the transformer on a random-projection-reduced token set
-(Qᵀ of shape (r, M) along the token axis of the step input) and restoring the other positions from the previous
-scale's cached output (Representative Token Restoration, RTR): F_k(i) = F_r(i) for i in I, cached F_{k-1}(i)
-otherwise. r per step is fixed offline.
+What is known ([StageVAR] in docs/REFERENCES.md: paper and README figure; no code was released): the semantic and
+structure stages run unmodified; only the fidelity-refinement stage (the last, large scales) is accelerated, by (1)
+running a single branch instead of the CFG pair, and (2) running the transformer on a random-projection-reduced token
+set (Qᵀ of shape (r, M) along the token axis of the step input) and restoring the other positions from the previous
+scale's cached output (Representative Token Restoration, RTR): F_k(i) = F_r(i) for i in I, cached F_{k-1}(i) otherwise.
+r per step is fixed offline.
 
 Every guess made here where the paper is silent or the sampler forces a choice:
 

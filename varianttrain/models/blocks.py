@@ -1,7 +1,7 @@
 """VAR transformer pieces: l2-normalised self-attention, FFN, AdaLN block and the AdaLN head.
 
 Module and parameter names follow the official release so that `var_d*.pth` loads with strict=True
-(shared/reference/var/VAR_NOTES.md §3.4-3.5, §3.8).
+(FoundationVision/VAR `models/basic_var.py`, `models/var.py`; docs/REFERENCES.md B1, B2, B13).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 
 from varianttrain.models.kv_cache import KVCache
 
-# The learnable log-temperature of l2-normalised attention is clamped at ln 100 (VAR_NOTES §3.4).
+# The learnable log-temperature of l2-normalised attention is clamped at ln 100 (docs/REFERENCES.md B2).
 MAX_LOG_ATTN_SCALE = math.log(100.0)
 
 
@@ -44,6 +44,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(embed_dim, embed_dim)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
+
+    @torch.no_grad()
+    def reset_constant_buffers(self) -> None:
+        """The key bias is a constant zero (after building without initialisation)."""
+        self.zero_k_bias.zero_()
 
     def forward(self, x_BlC: torch.Tensor, attn_mask: torch.Tensor | None = None, cache: KVCache | None = None,
                 valid_Bl: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,7 +104,7 @@ class AdaLNBlock(nn.Module):
     """Pre-norm transformer block modulated by the class condition (official `AdaLNSelfAttn`).
 
     The condition projection produces six vectors in the order gamma1, gamma2, scale1, scale2, shift1, shift2
-    (VAR_NOTES quirk 1); x += gamma1 * Attn(LN(x)(1+scale1)+shift1), x += gamma2 * FFN(LN(x)(1+scale2)+shift2).
+    (docs/REFERENCES.md B1); x += gamma1 * Attn(LN(x)(1+scale1)+shift1), x += gamma2 * FFN(LN(x)(1+scale2)+shift2).
     """
 
     def __init__(self, embed_dim: int, cond_dim: int, num_heads: int, mlp_ratio: float = 4.0,
@@ -141,7 +146,7 @@ class AdaLNBlock(nn.Module):
 
 
 class AdaLNBeforeHead(nn.Module):
-    """LN(x) * (1 + scale) + shift with (scale, shift) from the raw class embedding (this order, quirk 1)."""
+    """LN(x) * (1 + scale) + shift, (scale, shift) from the raw class embedding (this order, docs/REFERENCES.md B1)."""
 
     def __init__(self, embed_dim: int, cond_dim: int, norm_eps: float = 1e-6):
         super().__init__()

@@ -32,7 +32,7 @@ SUBSET_RULES: tuple[str, ...] = get_args(SubsetRule)
 
 
 def equidistant_layer_subset(total_depth: int, depth: int) -> tuple[int, ...]:
-    """The VARiant paper's rule I_d = {floor(i (D-1) / (d-1)) : i < d}.
+    """The VARiant paper's rule I_d = {floor(i (D-1) / (d-1)) : i < d} ([VARiant], arXiv 2511.16546).
 
     At D = 30 the subsets do not nest (I_8 is not inside I_16), although the paper describes nested subnets.
     """

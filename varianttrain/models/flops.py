@@ -1,8 +1,8 @@
 """Matmul FLOPs of VAR, counted from what a depth plan runs (2 FLOPs per multiply-accumulate).
 
 Only linear layers and the two attention products are counted (norms, softmax, elementwise ops ignored), the
-convention of VAR_NOTES.md §7. Per block and token: 12 C^2 MACs (qkv 3, proj 1, fc1 4, fc2 4); attention of n
-queries over T keys: 2 n T C MACs; AdaLN projection 6 C^2 per row; head n C V + 2 C^2 per row.
+convention of docs/REFERENCES.md#flop-convention. Per block and token: 12 C^2 MACs (qkv 3, proj 1, fc1 4, fc2 4);
+attention of n queries over T keys: 2 n T C MACs; AdaLN projection 6 C^2 per row; head n C V + 2 C^2 per row.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def token_sampling_flops(width: int, vocab: int, z_channels: int, patch_nums: Se
             full model, 0 where the block is skipped).
         rows: rows one image occupies, 2 with CFG and 1 without; one per scale when a CFG branch is dropped part way.
         modulation_per_scale: the official sampler recomputes the AdaLN projection at every scale; ours computes
-            it once per call. True reproduces the official per-scale table of VAR_NOTES §7.
+            it once per call. True reproduces the official sampler's counts (REFERENCES.md#flop-convention).
 
     Mirrors `varianttrain.sampling.sampler.generate`: a block's keys are its cache length after appending the
     current tokens; the head runs on every token; the next scale's embedding is counted with the current scale's
@@ -125,7 +125,7 @@ def teacher_forcing_flops(width: int, vocab: int, z_channels: int, patch_nums: S
     """Closed-form FLOPs of one teacher-forcing forward of one image.
 
     `tokens_per_block[b]` is the prefix length block b runs on (L for every block of the full model). Attention is
-    counted densely over the prefix (the masked kernels evaluate the whole square), as in VAR_NOTES §7.
+    counted densely over the prefix (the masked kernels evaluate the whole square; docs/REFERENCES.md#flop-convention).
     """
     L = sum(pn * pn for pn in patch_nums)
     counter = FlopCounter()

@@ -1,11 +1,12 @@
-"""Multi-scale residual vector quantiser of the VAR tokenizer (VAR_NOTES sections 1.5 to 1.9).
+"""Multi-scale residual vector quantiser of the VAR tokenizer ([VAR §3.2] Algorithms 1-2; FoundationVision/VAR
+`models/quant.py`, `VectorQuantizer2`).
 
 Layout suffixes: B batch, Cv (written C in shapes below) VQ channels = `Cvae`, h/w spatial size of a token map,
 H/W the latent size (= last patch size), l tokens of one scale, L tokens of all scales, V vocabulary, K scales.
 
 A scale k of side p_k contributes u_k = Phi_j(k)(bicubic_up(E[idx_k], H)) to the latent reconstruction f_hat; the
 last scale is never resampled. All arithmetic runs in float32 with autocast disabled: token indices must not depend
-on the ambient precision (nearest-code ties, VAR_NOTES section 9 / GOLDEN.md section 3).
+on the ambient precision (nearest-code ties, docs/REFERENCES.md#golden-vectors).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ _DISTANCE_CHUNK_ELEMENTS = 1 << 24
 def phi_index(k: int, num_scales: int, num_convs: int) -> int:
     """Index of the Phi conv used at scale `k` of a `num_scales` pyramid when `num_convs` convs are shared.
 
-    Reproduces the official float64 rule exactly (VAR_NOTES 1.6, quirk 8): t = k / (K - 1) as a Python float, ticks =
-    numpy.linspace(1/3/m, 1 - 1/3/m, m) for m == 4 else linspace(1/2/m, 1 - 1/2/m, m), first argmin of |ticks - t|.
+    Reproduces the official float64 rule exactly (official `PhiPartiallyShared`, docs/REFERENCES.md B8):
+    t = k / (K - 1) as a Python float, ticks = numpy.linspace(1/3/m, 1 - 1/3/m, m) for m == 4 else
+    linspace(1/2/m, 1 - 1/2/m, m), first argmin of |ticks - t|.
     Several t are mathematically equidistant from two ticks (K = 10: scales 2 and 7; t = 0.5); only this exact
     arithmetic resolves them like the release (0,0,1,1,1,2,2,3,3,3 for K = 10, m = 4).
     """
@@ -46,7 +48,7 @@ def phi_index(k: int, num_scales: int, num_convs: int) -> int:
 
 
 class Phi(nn.Conv2d):
-    """Phi(h) = (1 - r) h + r conv3x3(h): the residual refinement applied to every upsampled scale (VAR_NOTES 1.6).
+    """Phi(h) = (1 - r) h + r conv3x3(h): the refinement applied to every upsampled scale (docs/REFERENCES.md B8).
 
     Subclasses Conv2d so that the checkpoint keys are `<...>.weight` / `<...>.bias` with no extra level.
     """
@@ -102,7 +104,7 @@ class PhiConvs(nn.Module):
 
 
 def _fp32_context(device: torch.device) -> contextlib.AbstractContextManager:
-    """Disable autocast for the quantiser arithmetic (indices must not depend on AMP, VAR_NOTES 1.9)."""
+    """Disable autocast for the quantiser arithmetic (indices must not depend on AMP, docs/REFERENCES.md B19)."""
     if device.type in ("cuda", "cpu"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
@@ -139,10 +141,15 @@ class MultiScaleResidualQuantizer(nn.Module):
         self.embedding = nn.Embedding(vocab_size, Cvae)
         nn.init.uniform_(self.embedding.weight, -1.0 / vocab_size, 1.0 / vocab_size)
         # Per-scale EMA of code hits, only a training statistic (never affects outputs). Persistent because the
-        # released file contains it (VAR_NOTES quirk 13). K x V float32.
+        # released file contains it (docs/REFERENCES.md B13). K x V float32.
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), vocab_size, dtype=torch.float32))
         # Number of EMA updates so far; not checkpointed (official `record_hit` is a plain attribute too).
         self.record_hit = 0
+
+    @torch.no_grad()
+    def reset_constant_buffers(self) -> None:
+        """Codebook usage counters start at zero (after building without initialisation)."""
+        self.ema_vocab_hit_SV.zero_()
 
     # ------------------------------------------------------------------------------------------------ helpers
     @property
@@ -177,7 +184,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     def embed(self, idx_Bl: torch.Tensor, patch: PatchSize | None = None) -> torch.Tensor:
         """Codebook vectors of a token map, (B, l) -> (B, C, h, w) with row-major token order."""
         B, num_tokens = idx_Bl.shape
-        # Square maps are inferred from the token count (p = round(sqrt(l)), VAR_NOTES 1.8).
+        # Square maps are inferred from the token count (p = round(sqrt(l)), as the official `idxBl_to_img`).
         h, w = _hw(patch) if patch is not None else (round(num_tokens**0.5),) * 2
         return self.embedding(idx_Bl).transpose(1, 2).reshape(B, self.Cvae, h, w)
 
@@ -193,7 +200,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     def _phi_up(self, k: int, K: int, h_BChw: torch.Tensor, size_HW: tuple[int, int]) -> torch.Tensor:
         with _fp32_context(h_BChw.device):
             h_BChw = h_BChw.float()
-            if k != K - 1:  # the last scale is never resampled, whatever its size (VAR_NOTES 1.7, quirk 7)
+            if k != K - 1:  # the last scale is never resampled, whatever its size (docs/REFERENCES.md B7)
                 h_BChw = F.interpolate(h_BChw, size=size_HW, mode="bicubic", align_corners=False)
             return self.quant_resi.for_scale(k, K)(h_BChw)
 
@@ -201,7 +208,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     def f_to_idxBl_or_fhat(
         self, f_BChw: torch.Tensor, to_fhat: bool, v_patch_nums: Sequence[PatchSize] | None = None
     ) -> list[torch.Tensor]:
-        """Residual quantisation of a latent (VAR_NOTES 1.8).
+        """Residual quantisation of a latent (official `f_to_idxBl_or_fhat`, [VAR §3.2] Algorithm 1).
 
         Returns the K token maps [(B, h_k * w_k) int64] or, with `to_fhat`, the cumulative f_hat after each scale
         [(B, C, H, W)]. `v_patch_nums` (ints or (h, w)) overrides the pyramid; its last entry must be the latent size.
@@ -227,7 +234,7 @@ class MultiScaleResidualQuantizer(nn.Module):
         return out
 
     def idxBl_to_var_input(self, gt_ms_idx_Bl: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Teacher-forcing input of VAR: (B, L - first_l, C) (VAR_NOTES 1.8, quirk 7).
+        """Teacher-forcing input of VAR: (B, L - first_l, C) (official `idxBl_to_var_input`, docs/REFERENCES.md B7).
 
         The input for scale k+1 is the cumulative f_hat of scales 0..k area-downsampled to p_{k+1}, flattened
         row-major; the last scale's tokens are never part of it. Always uses the model's own pyramid.
@@ -287,7 +294,7 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, f_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokenizer-training quantisation (the official `VectorQuantizer2.forward`, VAR_NOTES 1.9).
+        """Tokenizer-training quantisation (the official `VectorQuantizer2.forward`, docs/REFERENCES.md B19).
 
         Returns (f_hat with a straight-through gradient to `f_BChw`, vq loss, usage_K). The loss averages over
         scales beta * MSE(f_hat.detach(), f) (commitment, trains the encoder) + MSE(f_hat, f.detach()) (trains the

@@ -1,4 +1,4 @@
-"""Convolutional building blocks of the VQVAE encoder/decoder (VAR_NOTES section 1.2).
+"""Convolutional building blocks of the VQVAE encoder/decoder (FoundationVision/VAR `models/basic_vae.py`).
 
 Module and attribute names (`norm1`, `conv1`, `nin_shortcut`, `qkv`, `proj_out`, ...) are the state-dict key names
 of the released `vae_ch160v4096z32.pth`; renaming any of them breaks checkpoint loading.
@@ -32,7 +32,7 @@ class ResBlock(nn.Module):
         # Identity when dropout is (numerically) zero, as in the release: no module state either way.
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
-        # The `nin_shortcut` keys exist only in channel-changing blocks (VAR_NOTES 1.2).
+        # The `nin_shortcut` keys exist only in channel-changing blocks (docs/REFERENCES.md B10).
         self.nin_shortcut = (
             nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
             if in_channels != out_channels
@@ -49,7 +49,7 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with one fused 1x1 `qkv` conv (VAR_NOTES quirk 10).
+    """Single-head spatial self-attention with one fused 1x1 `qkv` conv (docs/REFERENCES.md B10).
 
     Channels [0:C] of the qkv output are q, [C:2C] k, [2C:3C] v; logits are scaled by C^-1/2.
     """
@@ -72,7 +72,7 @@ class AttnBlock(nn.Module):
 
 
 class Downsample2x(nn.Module):
-    """Stride-2 3x3 conv after zero-padding one pixel on the right and bottom only (VAR_NOTES quirk 10)."""
+    """Stride-2 3x3 conv after zero-padding one pixel on the right and bottom only (docs/REFERENCES.md B10)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()

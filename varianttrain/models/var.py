@@ -3,10 +3,12 @@
 Tensor names carry their layout as a suffix: B batch, L all tokens, l tokens of one scale, C width,
 D condition width, V vocabulary, Cv VQ channels, h/w spatial size of one scale (`x_BLC`, `logits_BLV`, `idx_Bl`).
 
-State-dict keys, shapes, initialisation and numerics follow the official release (VAR_NOTES.md §3); which blocks
-run for which tokens is decided by a `DepthPlan` (see depth_plan.py) passed to `forward` and to `forward_scale`.
+State-dict keys, shapes, initialisation and numerics follow the official release (FoundationVision/VAR
+`models/var.py`, docs/REFERENCES.md B1-B17); which blocks run for which tokens is decided by a `DepthPlan` (see
+depth_plan.py) passed to `forward` and to `forward_scale`.
 Deliberate differences from the official module (none changes a parameter or a full-depth output):
-* label dropout happens only in training mode (the official code also drops 10 % of labels in eval, quirk 3);
+* label dropout happens only in training mode (the official code also drops 10 % of labels in eval,
+  docs/REFERENCES.md B3);
 * no process-wide init patching, no generator created at construction, no VQVAE held inside the module.
 """
 
@@ -60,7 +62,7 @@ class VARConfig:
 
     @classmethod
     def for_depth(cls, depth: int, **overrides) -> VARConfig:
-        """The official family: C = 64 depth, heads = depth, drop-path 0.1 depth / 24 (VAR_NOTES §3.1)."""
+        """The official family: C = 64 depth, heads = depth, drop-path 0.1 depth / 24 ([VAR §4]; REFERENCES.md B15)."""
         base = dict(depth=depth, embed_dim=64 * depth, num_heads=depth, drop_path_rate=0.1 * depth / 24)
         base.update(overrides)
         return cls(**base)
@@ -108,11 +110,9 @@ class VAR(nn.Module):
             trunc_normal_(pe, std=init_std)
             pos.append(pe)
         self.pos_1LC = nn.Parameter(torch.cat(pos, dim=1))
-        lvl_1L = torch.cat([torch.full((pn * pn,), k) for k, pn in enumerate(self.patch_nums)]).view(1, self.L)
+        lvl_1L, attn_bias, allowed_LL = self._constant_buffers()
         self.register_buffer("lvl_1L", lvl_1L)
-        allowed_LL = lvl_1L[0][None, :] <= lvl_1L[0][:, None]  # query i may see key j iff scale(j) <= scale(i)
-        attn_bias = torch.where(allowed_LL, 0.0, float("-inf")).reshape(1, 1, self.L, self.L)
-        self.register_buffer("attn_bias_for_masking", attn_bias.contiguous())
+        self.register_buffer("attn_bias_for_masking", attn_bias)
         # The bool form is what SDPA consumes (dtype-agnostic under autocast); not part of the state dict.
         self.register_buffer("allowed_LL", allowed_LL, persistent=False)
 
@@ -133,10 +133,24 @@ class VAR(nn.Module):
         self.head = nn.Linear(self.C, self.V)
 
     # ------------------------------------------------------------------ initialisation
+    def _constant_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lvl_1L scale id of every token, the additive block-causal mask, its bool form) for this pyramid."""
+        lvl_1L = torch.cat([torch.full((pn * pn,), k) for k, pn in enumerate(self.patch_nums)]).view(1, self.L)
+        allowed_LL = lvl_1L[0][None, :] <= lvl_1L[0][:, None]  # query i may see key j iff scale(j) <= scale(i)
+        attn_bias = torch.where(allowed_LL, 0.0, float("-inf")).reshape(1, 1, self.L, self.L).contiguous()
+        return lvl_1L, attn_bias, allowed_LL
+
+    @torch.no_grad()
+    def reset_constant_buffers(self) -> None:
+        """Recompute the buffers that are functions of the pyramid (after building without initialisation)."""
+        for name, value in zip(("lvl_1L", "attn_bias_for_masking", "allowed_LL"), self._constant_buffers(),
+                               strict=True):
+            getattr(self, name).copy_(value)
+
     @torch.no_grad()
     def init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
                      init_std: float = -1.0) -> None:
-        """The official initialisation (VAR_NOTES §3.6): truncated normals, damped gammas, scaled projections."""
+        """The official initialisation: truncated normals, damped gammas, scaled projections (REFERENCES.md B15)."""
         std = (1 / self.C / 3) ** 0.5 if init_std < 0 else init_std
         for m in self.modules():
             if isinstance(m, nn.Linear):

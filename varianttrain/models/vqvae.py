@@ -1,12 +1,13 @@
 """The VAR tokenizer: a multi-scale residual VQVAE, checkpoint-compatible with `vae_ch160v4096z32.pth`.
 
-Architecture and operations follow VAR_NOTES section 1; module attribute names are the released state-dict keys
-(`encoder.*`, `decoder.*`, `quantize.*`, `quant_conv`, `post_quant_conv`, in that order). Images are B x 3 x H x W in
+Architecture and operations follow FoundationVision/VAR `models/vqvae.py`, `basic_vae.py` and `quant.py`; module
+attribute names are the released state-dict keys (`encoder.*`, `decoder.*`, `quantize.*`, `quant_conv`,
+`post_quant_conv`, in that order). Images are B x 3 x H x W in
 [-1, 1] with H = W = downsample * patch_nums[-1] (16x for the release); latents are B x Cvae x h x w with
 h = w = patch_nums[-1].
 
-Unlike the release, construction has no side effects: no process-wide `reset_parameters` patching (VAR_NOTES quirk
-12) and no implicit freezing (`test_mode`); call `freeze()` for a frozen tokenizer.
+Unlike the release, construction has no side effects: no process-wide `reset_parameters` patching (docs/REFERENCES.md
+B12) and no implicit freezing (`test_mode`); call `freeze()` for a frozen tokenizer.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 from varianttrain.models.quant import MultiScaleResidualQuantizer, PatchSize
 from varianttrain.models.vae_blocks import AttnBlock, Downsample2x, ResBlock, Upsample2x, group_norm
 
-# Fixed inside the official VQVAE class, not constructor arguments (VAR_NOTES 1.1).
+# Fixed inside the official VQVAE class, not constructor arguments (FoundationVision/VAR `models/vqvae.py`).
 CH_MULT = (1, 1, 2, 2, 4)
 NUM_RES_BLOCKS = 2
 IN_CHANNELS = 3
@@ -31,7 +32,7 @@ IN_CHANNELS = 3
 
 @dataclass(frozen=True)
 class VQVAEConfig:
-    """Hyperparameters of the VQVAE; defaults are the released `vae_ch160v4096z32.pth` (VAR_NOTES 0, 1.1)."""
+    """Hyperparameters of the VQVAE; defaults are the released `vae_ch160v4096z32.pth` (official `build_vae_var`)."""
 
     vocab_size: int = 4096  # V, codebook entries
     z_channels: int = 32  # Cvae, latent / code channels
@@ -247,7 +248,7 @@ class VQVAE(nn.Module):
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokenizer-training forward (the official `VQVAE.forward`, VAR_NOTES 1.9).
+        """Tokenizer-training forward (the official `VQVAE.forward`, docs/REFERENCES.md B19).
 
         Returns (recon_img_B3HW, vq_loss, usage_K): the reconstruction is *not* clamped (so the reconstruction
         loss keeps gradients at the range bounds) and reaches the encoder through the straight-through f_hat;
@@ -269,7 +270,7 @@ class VQVAE(nn.Module):
         return self.quantize.f_to_idxBl_or_fhat(self.encode_latent(img_B3HW), to_fhat=False, v_patch_nums=v_patch_nums)
 
     def fhat_to_img(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        """Decode a latent reconstruction: clamp(decoder(post_quant_conv(f_hat)), -1, 1) (VAR_NOTES quirk 11)."""
+        """Decode a latent reconstruction: clamp(decoder(post_quant_conv(f_hat)), -1, 1) (docs/REFERENCES.md B11)."""
         return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp(-1, 1)
 
     def embed_to_img(

@@ -1,4 +1,5 @@
-"""Sampling settings and the two ImageNet protocols in circulation (shared/reference/anchors/ANCHORS.md §0.2)."""
+"""Sampling settings and the two ImageNet protocols in circulation
+(docs/REFERENCES.md#sampling-protocols)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Top-k / top-p filtering and Gumbel noise with the official semantics (VAR_NOTES.md §4, quirk 6)."""
+"""Top-k / top-p filtering and Gumbel noise with the official semantics (docs/REFERENCES.md B6)."""
 
 from __future__ import annotations
 

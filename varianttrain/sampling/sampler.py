@@ -2,7 +2,8 @@
 
 Per scale k: the method says which blocks run for which tokens (a `ScalePlan`), the model runs them with KV
 caching, the head gives logits, guidance is applied with the official ramp, tokens are drawn with top-k/top-p,
-and the VQ map f_hat is updated through the quantizer's Phi convs (VAR_NOTES.md §4).
+and the VQ map f_hat is updated through the quantizer's Phi convs (official
+`VAR.autoregressive_infer_cfg`; docs/REFERENCES.md B5-B8).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 SIGTERM needs no callback of ours: Lightning 2.6 forwards it to every rank and raises `SIGTERMException` after the
 current batch; `OnExceptionCheckpoint` (added by the runner) writes `on_exception.ckpt`, and the runner turns the
-exception (a `SystemExit` without a code, i.e. status 0) into exit status 143 (LIGHTNING.md §e).
+exception (a `SystemExit` without a code, i.e. status 0) into exit status 143 (docs/REFERENCES.md L1).
 """
 
 from __future__ import annotations

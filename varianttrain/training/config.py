@@ -38,7 +38,7 @@ class ModelConfig:
     drop_path_rate: float | None = None  # rate of the last block; None = official 0.1 * depth / 24
     cond_drop_rate: float = 0.1  # label dropout for classifier-free guidance
     # 'pretrained': the released var_d30.pth; 'checkpoint': any project checkpoint/export (init_from_ema picks its
-    # EMA weights); 'scratch': VAR.init_weights with the official init (VAR_NOTES §3.6).
+    # EMA weights); 'scratch': VAR.init_weights with the official init (docs/REFERENCES.md B15).
     init: InitMode = "pretrained"
     var_checkpoint: str | None = "checkpoints/var_d30.pth"
     init_from_ema: bool = False  # init 'checkpoint' only: take the EMA weights of a training checkpoint
@@ -86,7 +86,7 @@ class PretrainModelConfig(ModelConfig):
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """How the subnet probability p evolves (VARiant's dynamic ratio; ANCHORS.md §2.1).
+    """How the subnet probability p evolves (VARiant's dynamic ratio, [VARiant]).
 
     Phase 3 (p = p_end) has no length of its own: it runs from phase1 + phase2 until training stops, so its length
     is the training length (trainer.max_epochs or trainer.max_steps) minus phase1 + phase2. One number, one place.
@@ -136,7 +136,7 @@ class SupernetConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with VAR's parameter groups (VAR_NOTES §5); defaults are VARiant's fine-tuning settings."""
+    """AdamW with VAR's parameter groups (docs/REFERENCES.md B18); defaults are VARiant's fine-tuning settings."""
 
     lr: float = 1e-6  # peak learning rate (VARiant: 1e-6 at global batch 1024; not rescaled by batch size)
     betas: tuple[float, float] = (0.9, 0.95)
@@ -178,7 +178,7 @@ class FSDPConfig:
 
     sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = "FULL_SHARD"
     state_dict_type: Literal["full", "sharded"] = "full"  # full = one .ckpt file (gathered on rank 0)
-    fp32_params: bool = True  # keep fp32 params/reductions inside autocast (LIGHTNING.md §c: VAR's fp32 islands)
+    fp32_params: bool = True  # keep fp32 params/reductions inside autocast (VAR's fp32 islands, docs/REFERENCES.md B17)
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,9 @@ class RunDirConfig:
     name: str = "supernet_d30"
 
 
+ValidationWeights = Literal["ema", "raw", "both"]
+
+
 @dataclass(frozen=True)
 class ValidationConfig:
     """Held-out loss/accuracy for the full network and every subnet, plus a sample grid per depth."""
@@ -240,6 +243,9 @@ class ValidationConfig:
     sample_seed: int = 0
     sampling_protocol: SamplingProtocol = "code"  # 'official' (top-k 900) or 'code' (CoDe/VARiant: top-k 600, T 1.1)
     sample_every_n_validations: int = 1  # sample grids are slow on big models; 0 = never
+    # Which weights validation losses and sample grids report: 'ema' (what an --ema export ships), 'raw', or
+    # 'both' (EMA under val/..., raw under val_raw/...); None = 'ema' when ema.enabled, else 'raw'.
+    weights: ValidationWeights | None = None
 
     def __post_init__(self) -> None:
         if self.every_n_steps < 0 or self.num_batches < 0:
@@ -268,6 +274,9 @@ class SupernetRunConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
+        if self.validation.weights in ("ema", "both") and not self.ema.enabled:
+            raise ValueError(f"validation.weights={self.validation.weights!r} needs EMA weights, but ema.enabled is "
+                             "false; enable the EMA or validate the raw weights (validation.weights: raw)")
         depth = self.model.depth
         too_deep = [d for d in self.supernet.depth_choices if d > depth]
         if too_deep:

@@ -1,13 +1,13 @@
 """`SupernetModule`: VARiant elastic-depth fine-tuning (and from-scratch pre-training) of VAR as a LightningModule.
 
-One optimizer step trains either the full network or one subnet d (ANCHORS.md §2.1): scales < N (the bridge zone)
-run every block, later scales (the flexible zone) only the blocks `layer_subset(D, d, rule, choices)`. Which one is
-decided by `ProgressiveSubnetSchedule` (callbacks.py) from (seed, global_step) and handed over through
+One optimizer step trains either the full network or one subnet d ([VARiant], docs/REFERENCES.md): scales < N (the
+bridge zone) run every block, later scales (the flexible zone) only the blocks `layer_subset(D, d, rule, choices)`.
+Which one is decided by `ProgressiveSubnetSchedule` (callbacks.py) from (seed, global_step) and handed over through
 `set_active_subnet`; the module itself never draws random numbers for it.
 
-Loss: `varianttrain.losses.var_loss`, the official token-mean cross-entropy (every token weighted 1/L, VAR_NOTES
-§5). The VQVAE is frozen and tokenises images on the fly, or the batch already holds token indices (pre-tokenised
-data, `data.format: indices`).
+Loss: `varianttrain.losses.var_loss`, the official token-mean cross-entropy (every token weighted 1/L,
+docs/REFERENCES.md B16). The VQVAE is frozen and tokenises images on the fly, or the batch already holds token indices
+(pre-tokenised data, `data.format: indices`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 
 from varianttrain.checkpoints import load_var_weights, load_vqvae_weights
 from varianttrain.losses import per_scale_mean, token_cross_entropy, var_loss
+from varianttrain.models.build import empty_model
 from varianttrain.models.depth_plan import DepthPlan, layer_subset
 from varianttrain.models.var import VAR
 from varianttrain.models.vqvae import VQVAE
@@ -31,6 +32,7 @@ from varianttrain.sampling.rng import TokenRNG
 from varianttrain.sampling.sampler import StaticPlanMethod, generate
 from varianttrain.training.config import SupernetRunConfig
 from varianttrain.training.optim import VARSchedule, build_optimizer
+from varianttrain.training.preflight import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +82,27 @@ class SupernetModule(L.LightningModule):
         self.full_only = full_only
         self.run_dir = Path(run_dir) if run_dir is not None else None
         mcfg = cfg.model
-        self.var = VAR(mcfg.var_config())
-        if load_initial_weights:
-            self._init_var_weights()
-        self.var.gradient_checkpointing = mcfg.gradient_checkpointing
-        self.vqvae = VQVAE(mcfg.vqvae)
-        if mcfg.vqvae_checkpoint:
-            if load_initial_weights:
-                load_vqvae_weights(self.vqvae, mcfg.vqvae_checkpoint)
+        if load_initial_weights and mcfg.init == "scratch":
+            self.var = VAR(mcfg.var_config())
+            self.var.init_weights(init_adaln=mcfg.init_adaln, init_adaln_gamma=mcfg.init_adaln_gamma,
+                                  init_head=mcfg.init_head)
         else:
-            log.warning("model.vqvae_checkpoint is null: the VQVAE has random weights (smoke tests only)")
+            # Every weight comes from a file (or from the checkpoint being resumed): no random init to pay for.
+            self.var = empty_model(lambda: VAR(mcfg.var_config()))
+            if load_initial_weights:
+                load_var_weights(self.var, mcfg.var_checkpoint, prefer_ema=mcfg.init_from_ema)
+        self.var.gradient_checkpointing = mcfg.gradient_checkpointing
+        # The frozen tokenizer is always read from its file, also on resume: checkpoints do not carry it (it never
+        # changes); its SHA-256 goes into every checkpoint so a resume can tell that it is the same file.
+        self.vqvae_sha256: str | None = None
+        if mcfg.vqvae_checkpoint:
+            self.vqvae = empty_model(lambda: VQVAE(mcfg.vqvae))
+            load_vqvae_weights(self.vqvae, mcfg.vqvae_checkpoint)
+            self.vqvae_sha256 = file_sha256(mcfg.vqvae_checkpoint)
+        else:
+            self.vqvae = VQVAE(mcfg.vqvae)
+            log.warning("model.vqvae_checkpoint is null: the VQVAE has random weights (smoke tests only); it is "
+                        "saved inside the checkpoints, having no file to be reloaded from")
         self.vqvae.freeze()
         self.ema = None
         if cfg.ema.enabled:
@@ -113,22 +126,18 @@ class SupernetModule(L.LightningModule):
             self._plans[d] = DepthPlan.subnet(self.depth, self.patch_nums, scfg.bridge_scales, subset)
         self.eval_depths: list[tuple[str, int | None]] = [("full", None)]
         self.eval_depths += [(f"d{d}", d) for d in self.depth_choices if d != self.depth]
-        self.val_stats = nn.ModuleDict({key: ScaleTokenStats(self.patch_nums) for key, _ in self.eval_depths})
         self.active_p = 0.0
         self.active_depth: int | None = None
         self._t_last_batch: float | None = None
-        self._last_ema_step = -1
         self._validations = 0
+        # (metric prefix, which weights) of every validation pass; the first one also draws the sample grid.
+        choice = cfg.validation.weights or ("ema" if self.ema is not None else "raw")
+        self.val_weights: list[tuple[str, str]] = {"ema": [("val", "ema")], "raw": [("val", "raw")],
+                                                   "both": [("val", "ema"), ("val_raw", "raw")]}[choice]
+        self.val_stats = nn.ModuleDict({f"{prefix}_{key}": ScaleTokenStats(self.patch_nums)
+                                        for prefix, _ in self.val_weights for key, _ in self.eval_depths})
 
     # ------------------------------------------------------------------ construction helpers
-    def _init_var_weights(self) -> None:
-        mcfg = self.cfg.model
-        if mcfg.init == "scratch":
-            self.var.init_weights(init_adaln=mcfg.init_adaln, init_adaln_gamma=mcfg.init_adaln_gamma,
-                                  init_head=mcfg.init_head)
-        else:
-            load_var_weights(self.var, mcfg.var_checkpoint, prefer_ema=mcfg.init_from_ema)
-
     def plan(self, depth: int | None) -> DepthPlan:
         """The depth plan of the full network (None) or of subnet `depth`."""
         return self._plans[depth]
@@ -189,10 +198,14 @@ class SupernetModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "skip_counts"):
             self.log("data/skipped_train", float(dm.skip_counts()["train"]), on_step=True, on_epoch=False)
-        # The EMA follows optimizer steps, not micro-batches (global_step advanced -> a step was taken).
-        if self.ema is not None and self.trainer.global_step != self._last_ema_step:
-            self._last_ema_step = self.trainer.global_step
-            self.ema.update(self.var, step=self.trainer.global_step)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # The EMA follows optimizer steps, right after each one: a step checkpoint written at the end of the
+        # batch then already holds this step's EMA, so a resumed run continues it exactly. The step count passed
+        # is the one the step completes (global_step advances after this hook).
+        if self.ema is not None:
+            self.ema.update(self.var, step=self.trainer.global_step + 1)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.var, self.cfg.optim, on_cuda=self.device.type == "cuda")
@@ -210,42 +223,68 @@ class SupernetModule(L.LightningModule):
 
         # Everything export.py and eval.py need to rebuild the model without the run directory.
         checkpoint["varianttrain"] = {"config": to_dict(self.cfg), "subsets": {d: list(s) for d, s in
-                                                                               self.subsets.items()}}
+                                                                               self.subsets.items()},
+                                      "vqvae_checkpoint": self.cfg.model.vqvae_checkpoint,
+                                      "vqvae_sha256": self.vqvae_sha256}
+        if self.vqvae_sha256 is not None:  # the frozen tokenizer is reloaded from its file (SHA-256 above)
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith("vqvae.")]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints leave the frozen VQVAE out (see on_save_checkpoint): give Lightning's strict load the
+        # weights this module read from the same file (the preflight compared its SHA-256 with the recorded one).
+        state = checkpoint["state_dict"]
+        for key, value in self.vqvae.state_dict().items():
+            state.setdefault(f"vqvae.{key}", value)
 
     # ------------------------------------------------------------------ validation
+    def _weights(self, which: str) -> VAR:
+        return self.ema.module if which == "ema" else self.var
+
+    def on_validation_epoch_start(self) -> None:
+        if self.ema is not None and self.cfg.ema.cpu and any(w == "ema" for _, w in self.val_weights):
+            self.ema.module.to(self.device)  # validate where the data is; moved back at the end
+
     def validation_step(self, batch, batch_idx: int) -> None:
         gt_BL, x_BLCv, label_B = self.prepare_batch(batch)
-        for key, depth in self.eval_depths:
-            logits_BLV = self.var(label_B, x_BLCv, self.plan(depth))
-            ce_BL = token_cross_entropy(logits_BLV, gt_BL)
-            self.val_stats[key].update(ce_BL, logits_BLV.argmax(-1) == gt_BL)
+        for prefix, which in self.val_weights:
+            model = self._weights(which)
+            for key, depth in self.eval_depths:
+                logits_BLV = model(label_B, x_BLCv, self.plan(depth))
+                ce_BL = token_cross_entropy(logits_BLV, gt_BL)
+                self.val_stats[f"{prefix}_{key}"].update(ce_BL, logits_BLV.argmax(-1) == gt_BL)
         # Sampling runs inside validation_step (through the strategy's forward) on every rank: FSDP needs all ranks
         # to gather the same parameters; the grid itself is identical on every rank and written by rank 0.
         vcfg = self.cfg.validation
         every = vcfg.sample_every_n_validations
         if batch_idx == 0 and every and self._validations % every == 0:
-            self._sample_grid()
+            for prefix, which in self.val_weights:
+                self._sample_grid(self._weights(which), suffix="" if prefix == "val" else f"_{which}")
 
     def on_validation_epoch_end(self) -> None:
         metrics = {}
-        for key, _ in self.eval_depths:
-            stats = self.val_stats[key]
-            if int(stats.count.sum()) == 0 and not torch.distributed.is_initialized():
-                continue
-            res = stats.compute()  # torchmetrics all-reduces the sums across ranks here
-            metrics[f"val/{key}/loss"] = res["loss"].float()
-            metrics[f"val/{key}/acc"] = res["acc"].float()
-            for k, pn in enumerate(self.patch_nums):
-                metrics[f"val_scale/{key}/acc_{k:02d}_{pn}x{pn}"] = res["acc_scale"][k].float()
-                metrics[f"val_scale/{key}/loss_{k:02d}_{pn}x{pn}"] = res["loss_scale"][k].float()
-            stats.reset()
+        for prefix, _ in self.val_weights:
+            for key, _ in self.eval_depths:
+                stats = self.val_stats[f"{prefix}_{key}"]
+                if int(stats.count.sum()) == 0 and not torch.distributed.is_initialized():
+                    continue
+                res = stats.compute()  # torchmetrics all-reduces the sums across ranks here
+                metrics[f"{prefix}/{key}/loss"] = res["loss"].float()
+                metrics[f"{prefix}/{key}/acc"] = res["acc"].float()
+                for k, pn in enumerate(self.patch_nums):
+                    metrics[f"{prefix}_scale/{key}/acc_{k:02d}_{pn}x{pn}"] = res["acc_scale"][k].float()
+                    metrics[f"{prefix}_scale/{key}/loss_{k:02d}_{pn}x{pn}"] = res["loss_scale"][k].float()
+                stats.reset()
         if metrics:
             self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+        if self.ema is not None and self.cfg.ema.cpu:
+            self.ema.module.to("cpu")
         if not self.trainer.sanity_checking:
             self._validations += 1
 
     @torch.no_grad()
-    def _sample_grid(self) -> None:
+    def _sample_grid(self, model: VAR, suffix: str = "") -> None:
         from torchvision.utils import make_grid, save_image
 
         vcfg = self.cfg.validation
@@ -255,7 +294,7 @@ class SupernetModule(L.LightningModule):
         sampling = SamplingConfig.preset(vcfg.sampling_protocol)
         rows = []
         for key, depth in self.eval_depths:
-            out = generate(self.var, self.vqvae, label_B, sampling, TokenRNG.per_image(seeds, device=self.device),
+            out = generate(model, self.vqvae, label_B, sampling, TokenRNG.per_image(seeds, device=self.device),
                            StaticPlanMethod(self.plan(depth), name=key))
             rows.append(out.images_B3HW.float().cpu())
         grid = make_grid(torch.cat(rows), nrow=len(labels), padding=2, pad_value=1.0)
@@ -265,8 +304,8 @@ class SupernetModule(L.LightningModule):
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):  # TensorBoard
-                experiment.add_image("samples/rows_" + "_".join(k for k, _ in self.eval_depths), grid, step)
+                experiment.add_image(f"samples{suffix}/rows_" + "_".join(k for k, _ in self.eval_depths), grid, step)
         if self.run_dir is not None:
             out_dir = self.run_dir / "samples"
             out_dir.mkdir(parents=True, exist_ok=True)
-            save_image(grid, out_dir / f"step{step:07d}.png")
+            save_image(grid, out_dir / f"step{step:07d}{suffix}.png")

@@ -1,4 +1,5 @@
-"""AdamW with VAR's parameter groups and learning-rate / weight-decay schedules (VAR_NOTES.md §5)."""
+"""AdamW with VAR's parameter groups and learning-rate / weight-decay schedules (official
+`utils/lr_control.py`; docs/REFERENCES.md B18)."""
 
 from __future__ import annotations
 

@@ -5,9 +5,13 @@ The task (what module is trained, with which config sections) comes from the tas
 
 Run directories: `<run.root>/<run.name>/<NNN>` (NNN = 000, 001, ...), created with `mkdir(exist_ok=False)`, so a new
 run never writes into another run's directory. A run directory holds `config.yaml` (the resolved config),
-`logs/` (TensorBoard + CSV), `checkpoints/` (`last.ckpt`, `step*.ckpt`, `on_exception.ckpt`) and `samples/`.
-`--resume [RUN_DIR]` continues the newest readable checkpoint of RUN_DIR (default: the newest run of the config's
-run.name) with the run's saved config plus any `--set` overrides.
+`logs/` (TensorBoard + CSV), `checkpoints/` (`step*.ckpt`, `last.ckpt` -> the newest, `on_exception.ckpt`; see
+`varianttrain.training.checkpointing`) and `samples/`. `--resume [RUN_DIR]` continues the newest checkpoint of
+RUN_DIR that opens (default: the newest run of the config's run.name; `varianttrain.training.resume`) with the run's
+saved config plus any `--set` overrides that leave the model as it was.
+
+Before anything is built or written, every input is checked (`varianttrain.training.preflight`) and all problems
+are reported at once; a run directory is locked by the process training into it.
 
 Data: the data layer's `ImageNetDataModule` (deterministic, resumable map-style loaders; webdataset streams).
 Threads: `trainer.cpu_threads` is a per-process setting, applied by the entry point (train.py), not here.
@@ -20,10 +24,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
-import zipfile
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +34,11 @@ import lightning as L
 import torch
 
 from varianttrain.checkpoints import CheckpointError
-from varianttrain.config_io import ConfigError, to_yaml
+from varianttrain.config_io import ConfigError, to_dict, to_yaml
 from varianttrain.data.datamodule import ImageNetDataModule
 from varianttrain.training.config import Derived, TrainerConfig, derive
+from varianttrain.training.preflight import PreflightError, check_training_inputs
+from varianttrain.training.resume import RunLock, choose_checkpoint, contradictions
 from varianttrain.training.tasks import SUPERNET_TASKS, TaskSpec, TaskTable, load_run_config
 
 log = logging.getLogger(__name__)
@@ -73,14 +78,8 @@ def latest_run_dir(root: str | Path, name: str) -> Path:
 
 
 def resume_checkpoint(run_dir: Path) -> Path:
-    """The newest complete checkpoint of a run (a file cut short by SIGKILL is not a valid zip and is skipped)."""
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()] if ckpt_dir.is_dir() else []
-    for path in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True):
-        if zipfile.is_zipfile(path):
-            return path
-        log.warning("skipping incomplete checkpoint %s", path)
-    raise CheckpointError(f"--resume: {ckpt_dir} holds no complete checkpoint (*.ckpt); nothing to resume")
+    """The checkpoint `--resume` continues (the newest by optimizer step that opens; `resume.choose_checkpoint`)."""
+    return choose_checkpoint(run_dir).path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,7 +115,7 @@ def _strategy(cfg: Any, uses_subnets: bool):
         if find_unused is None:
             # With a bridge zone every block runs on the bridge prefix, so every parameter gets a gradient.
             find_unused = uses_subnets and getattr(cfg.supernet, "bridge_scales", 1) == 0
-        start = os.environ.get("VARIANTTRAIN_DDP_START_METHOD", "popen")  # tests use 'fork' (LIGHTNING.md §b)
+        start = os.environ.get("VARIANTTRAIN_DDP_START_METHOD", "popen")  # tests use 'fork' (docs/REFERENCES.md L2)
         return DDPStrategy(find_unused_parameters=find_unused, start_method=start, gradient_as_bucket_view=True)
     return "auto"
 
@@ -124,29 +123,19 @@ def _strategy(cfg: Any, uses_subnets: bool):
 def build_trainer(cfg: Any, spec: TaskSpec, run_dir: Path, derived: Derived,
                   extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     """The Lightning Trainer: loggers, checkpoints, schedule callbacks, strategy, cadence."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from varianttrain.training.callbacks import StepSeed, SubnetAudit
+    from varianttrain.training.checkpointing import CrashCheckpoint, RunCheckpoints, StartedFlag
 
     tcfg: TrainerConfig = cfg.trainer
     ckpt_dir = run_dir / CHECKPOINT_DIR
-    callbacks: list[L.Callback] = [StepSeed(tcfg.seed), LearningRateMonitor(logging_interval="step"),
-                                   OnExceptionCheckpoint(dirpath=ckpt_dir, filename="on_exception")]
-    # Periodic step checkpoints, the newest `ckpt_keep` kept (monitor 'step' makes top-k mean "latest k").
-    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
-                                     every_n_train_steps=tcfg.ckpt_every_n_steps or None, save_top_k=tcfg.ckpt_keep,
-                                     monitor="step", mode="max", save_last=True, save_on_train_epoch_end=False,
-                                     enable_version_counter=False)  # a resumed run must update last.ckpt itself
-                     if tcfg.ckpt_every_n_steps else
-                     ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
-                                     enable_version_counter=False))
-    if tcfg.ckpt_every_n_steps and tcfg.ckpt_at_epoch_end:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="epoch_end", save_top_k=1, every_n_epochs=1,
-                                         save_on_train_epoch_end=True, enable_version_counter=False))
-    if tcfg.ckpt_every_minutes:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="timed", save_top_k=1, enable_version_counter=False,
-                                         train_time_interval=timedelta(minutes=tcfg.ckpt_every_minutes)))
+    started = StartedFlag()
+    callbacks: list[L.Callback] = [started, StepSeed(tcfg.seed), LearningRateMonitor(logging_interval="step"),
+                                   CrashCheckpoint(ckpt_dir, started),
+                                   RunCheckpoints(ckpt_dir, tcfg.ckpt_every_n_steps, tcfg.ckpt_keep,
+                                                  tcfg.ckpt_every_minutes, tcfg.ckpt_at_epoch_end)]
     if tcfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=tcfg.progress_refresh))
     callbacks += list(spec.callbacks(cfg))
@@ -221,15 +210,35 @@ def run(config_path: str | Path | None, overrides: Sequence[str] = (), resume: s
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    lock: RunLock | None = None
     try:
         spec, cfg, run_dir = resolve_run_config(config_path, overrides, resume, tasks)
-        ckpt_path = str(resume_checkpoint(run_dir)) if run_dir is not None else None
+        choice = None
+        if run_dir is not None:
+            if rank_zero:  # one process per run directory: a second --resume of the same run is refused
+                lock = RunLock(run_dir)
+                lock.acquire()
+            choice = choose_checkpoint(run_dir, set_aside=rank_zero)
+        problems = check_training_inputs(cfg, run_dir, choice.vqvae_sha256 if choice else None)
+        if choice is not None and choice.saved_config is not None:
+            found = contradictions(choice.saved_config, to_dict(cfg))
+            problems += [f"{p}: a resumed run keeps its model; start a new run (model.init=checkpoint, "
+                         f"model.var_checkpoint={choice.path}) to change it" for p in found]
+        if problems:
+            raise PreflightError(problems)
+        if choice is not None:
+            skipped = f" (skipped unreadable: {', '.join(choice.skipped)})" if choice.skipped else ""
+            log.info("resuming %s from %s at optimizer step %d%s", run_dir, choice.path.name, choice.global_step,
+                     skipped)
         derived = derive(cfg.trainer, cfg.data.batch_size)
         # Build the module before creating anything on disk: bad checkpoints fail here with nothing written.
         L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
         module = spec.build_module(cfg, run_dir or Path("."), bool(resume))
         if run_dir is None:
             run_dir = _claim_run_dir(cfg)
+            if rank_zero:
+                lock = RunLock(run_dir)
+                lock.acquire()
             if hasattr(module, "run_dir"):
                 module.run_dir = run_dir
         elif overrides and rank_zero:
@@ -237,18 +246,23 @@ def run(config_path: str | Path | None, overrides: Sequence[str] = (), resume: s
                 to_yaml(cfg))
         datamodule = ImageNetDataModule(cfg.data)
         trainer = build_trainer(cfg, spec, run_dir, derived, extra_callbacks)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
-        log.error("%s", err)
-        print(f"error: {err}", flush=True)
+    except (ConfigError, CheckpointError, FileNotFoundError, PreflightError) as err:
+        if lock is not None:
+            lock.release()
+        message = str(err) if isinstance(err, PreflightError) else f"error: {err}"
+        print(f"train.py: {message}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     log.info("run directory %s (global batch %d = %d per device x %d accumulation x %d devices)", run_dir,
              derived.global_batch, derived.per_device_batch, derived.accumulate, derived.world_size)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only: a planted checkpoint must not run code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(choice.path) if choice else None, weights_only=True)
     except SIGTERMException:
         print(f"stopped by SIGTERM; checkpoint in {run_dir / CHECKPOINT_DIR}", flush=True)
         return EXIT_SIGTERM
     finally:
+        if lock is not None:
+            lock.release()
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             os.environ.pop("VARIANTTRAIN_RUN_DIR", None)  # in-process callers (tests) start fresh runs next time
     return EXIT_OK

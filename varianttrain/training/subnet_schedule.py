@@ -1,5 +1,7 @@
 """Pure functions of the VARiant training schedule: the subnet probability p(t) and the per-step subnet choice.
 
+VARiant (arXiv 2511.16546) trains with a dynamic subnet ratio in three phases (docs/REFERENCES.md, [VARiant]).
+
 Everything here is a function of its arguments only (no global RNG, no hidden state), so every DDP/FSDP rank and
 every micro-batch of one accumulated optimizer step computes the same answer, and a resumed run continues the
 curve exactly from `trainer.global_step`.
@@ -16,7 +18,7 @@ _MASK64 = (1 << 64) - 1
 
 
 def progressive_p(t: float, phase1: float, phase2: float, p_start: float = 0.2, p_end: float = 1.0) -> float:
-    """VARiant's dynamic ratio (ANCHORS.md §2.1): p_start in phase 1, a linear ramp in phase 2, then p_end.
+    """VARiant's dynamic ratio ([VARiant], REFERENCES.md): p_start in phase 1, a linear ramp in phase 2, then p_end.
 
     `t` is training progress in the unit of the phase lengths (epochs or optimizer steps). With E1 = phase1 and
     E2 = phase1 + phase2: p = p_start for t < E1; p = p_start + (p_end - p_start) (t - E1) / (E2 - E1) for
@@ -57,8 +59,8 @@ def mix_seed(seed: int, step: int) -> int:
 def choose_subnet(seed: int, step: int, p: float, depth_choices: Sequence[int]) -> int | None:
     """The subnet depth trained at optimizer step `step`, or None for the full network.
 
-    With probability p a subnet step is taken and d is drawn uniformly from `depth_choices` (ANCHORS.md §2.2's
-    suggested default); the draw depends on (seed, step) only, never on the global RNG.
+    With probability p a subnet step is taken and d is drawn uniformly from `depth_choices` (our choice: the paper does
+    not say how d is drawn, docs/TRAINING.md); the draw depends on (seed, step) only, never on the global RNG.
     """
     if not depth_choices:
         raise ValueError("depth_choices must not be empty")

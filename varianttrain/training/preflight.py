@@ -1,0 +1,140 @@
+"""Every input of a training run checked before anything heavy starts, all problems reported at once.
+
+Checked, in seconds and without building a model (weights files are memory-mapped to read their shapes):
+the weights the run starts from (present, fitting the configured architecture; the download command when missing),
+the VQVAE (present, fitting, and on a resume the same file the run was trained with, by SHA-256), the training and
+validation data (present and not empty), the accelerator (a GPU run on a machine without one), the output folder
+(writable) and its free space (room for at least two checkpoints). A resumed run must also keep its model
+(`varianttrain.training.resume.contradictions`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from varianttrain.checkpoints import CheckpointError
+from varianttrain.checkpoints.var import check_var_file
+from varianttrain.checkpoints.vqvae import check_vqvae_file
+from varianttrain.data.checks import data_problems
+
+GB = 1e9
+
+
+class PreflightError(RuntimeError):
+    """The run cannot start; `problems` are one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"cannot start: {len(problems)} problem(s)\n{lines}")
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, computed once per process for an unchanged file."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def checkpoint_bytes(cfg: Any) -> int | None:
+    """Estimated size of one training checkpoint: fp32 weights + AdamW's two moments + the EMA copy (+ a VQVAE
+    without a file, which then has to travel inside the checkpoint). None for tasks without a VAR."""
+    model = getattr(cfg, "model", None)
+    if model is None or not hasattr(model, "var_config"):
+        return None
+    from varianttrain.models.var import VAR
+    from varianttrain.models.vqvae import VQVAE
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in VAR(model.var_config()).parameters())
+        vqvae = 0 if model.vqvae_checkpoint else sum(t.numel() for t in VQVAE(model.vqvae).state_dict().values())
+    per_param = 4 + 8 + (4 if getattr(getattr(cfg, "ema", None), "enabled", False) else 0)
+    return params * per_param + 4 * vqvae
+
+
+def _writable_root(path: Path) -> Path | None:
+    """The nearest existing folder at or above `path` (where the run folder will be created)."""
+    path = path.resolve()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def weights_problems(cfg: Any, resuming: bool, saved_vqvae_sha256: str | None) -> list[str]:
+    """The VAR the run starts from and the frozen VQVAE (supernet / pretrain tasks)."""
+    model = getattr(cfg, "model", None)
+    if model is None or not hasattr(model, "var_config"):
+        return []
+    problems = []
+    if not resuming and model.init in ("pretrained", "checkpoint"):
+        try:
+            check_var_file(model.var_checkpoint, model.var_config(), prefer_ema=model.init_from_ema)
+        except CheckpointError as err:
+            problems.append(f"model.var_checkpoint: {err}")
+    if model.vqvae_checkpoint:
+        try:
+            check_vqvae_file(model.vqvae_checkpoint, model.vqvae)
+        except CheckpointError as err:
+            problems.append(f"model.vqvae_checkpoint: {err}")
+        else:
+            if resuming and saved_vqvae_sha256 and file_sha256(model.vqvae_checkpoint) != saved_vqvae_sha256:
+                problems.append(f"model.vqvae_checkpoint: {model.vqvae_checkpoint} is not the VQVAE this run was "
+                                f"trained with (SHA-256 {file_sha256(model.vqvae_checkpoint)[:12]}..., the checkpoint "
+                                f"recorded {saved_vqvae_sha256[:12]}...); point it at the original file")
+    return problems
+
+
+def accelerator_problems(cfg: Any) -> list[str]:
+    trainer = cfg.trainer
+    if trainer.accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            return [f"trainer.accelerator={trainer.accelerator!r} but this machine has no usable CUDA device "
+                    "(torch.cuda.is_available() is False); for a CPU run pass --set trainer.accelerator=cpu"]
+        if trainer.devices > torch.cuda.device_count():
+            return [f"trainer.devices={trainer.devices} but only {torch.cuda.device_count()} CUDA device(s) are "
+                    "visible; set trainer.devices to match"]
+    return []
+
+
+def output_problems(cfg: Any, resuming_dir: Path | None) -> list[str]:
+    """The run folder can be written, and has room for at least two checkpoints."""
+    target = resuming_dir if resuming_dir is not None else Path(cfg.run.root) / cfg.run.name
+    root = _writable_root(target)
+    if root is None or not root.is_dir():
+        return [f"run.root={cfg.run.root!r}: no existing folder above {target} to create the run in"]
+    if not os.access(root, os.W_OK | os.X_OK):
+        return [f"run.root={cfg.run.root!r}: {root} is not writable by this user; choose another --set run.root"]
+    need = checkpoint_bytes(cfg)
+    if need is not None:
+        free = shutil.disk_usage(root).free
+        if free < 2 * need:
+            return [f"run.root={cfg.run.root!r}: {free / GB:.1f} GB free at {root}, but one checkpoint of this model "
+                    f"takes about {need / GB:.1f} GB and a run needs room for at least two (one is written before "
+                    "the previous one is removed); free space or choose another run.root"]
+    return []
+
+
+def check_training_inputs(cfg: Any, resuming_dir: Path | None = None,
+                          saved_vqvae_sha256: str | None = None) -> list[str]:
+    """Every problem with the inputs of a run (empty: it can start)."""
+    problems = weights_problems(cfg, resuming_dir is not None, saved_vqvae_sha256)
+    problems += data_problems(cfg.data)
+    problems += accelerator_problems(cfg)
+    problems += output_problems(cfg, resuming_dir)
+    return problems
