@@ -117,7 +117,8 @@ def output_problems(cfg: Any, resuming_dir: Path | None) -> list[str]:
     target = resuming_dir if resuming_dir is not None else Path(cfg.run.root) / cfg.run.name
     root = _writable_root(target)
     if root is None or not root.is_dir():
-        return [f"run.root={cfg.run.root!r}: no existing folder above {target} to create the run in"]
+        return [f"run.root={cfg.run.root!r}: {target} cannot be created (a path above it is a "
+                f"file, not a folder); choose another --set run.root"]
     if not os.access(root, os.W_OK | os.X_OK):
         return [f"run.root={cfg.run.root!r}: {root} is not writable by this user; choose another --set run.root"]
     need = checkpoint_bytes(cfg)
