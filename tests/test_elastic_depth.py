@@ -16,6 +16,7 @@ from varianttrain.models.depth_plan import (
 from varianttrain.models.var import VAR
 from varianttrain.models.vqvae import VQVAE
 from varianttrain.sampling.config import SamplingConfig
+from varianttrain.sampling.host_syncs import HostSyncCounter
 from varianttrain.sampling.rng import TokenRNG
 from varianttrain.sampling.sampler import SamplingMethod, StaticPlanMethod, generate
 
@@ -228,3 +229,44 @@ def test_full_plan_sampling_equals_default(var, vqvae):
     b = _sample(var, vqvae, StaticPlanMethod(DepthPlan.full(var.depth, PATCH_NUMS)))
     assert all(torch.equal(x, y) for x, y in zip(a.idx_Bl, b.idx_Bl, strict=True))
     assert torch.equal(a.images_B3HW, b.images_B3HW)
+
+
+def _equal_count_plans(var: VAR, B: int, seed: int, from_scale: int = 2) -> tuple[DepthPlan, DepthPlan]:
+    """The same per-token masks, in which every image runs n_b tokens of block b (random tokens per image), without
+    and with their `token_counts`."""
+    g = torch.Generator().manual_seed(seed)
+    plain, counted = [], []
+    for k, pn in enumerate(PATCH_NUMS):
+        if k < from_scale:
+            plain.append(ScalePlan())
+            counted.append(ScalePlan())
+            continue
+        counts = tuple(int(n) for n in torch.randint(0, pn * pn + 1, (var.depth,), generator=g))
+        mask = torch.zeros(B, var.depth, pn * pn, dtype=torch.bool)
+        for i in range(B):
+            for b, n in enumerate(counts):
+                mask[i, b, torch.randperm(pn * pn, generator=g)[:n]] = True
+        plain.append(ScalePlan(token_mask_BDl=mask))
+        counted.append(ScalePlan(token_mask_BDl=mask, token_counts=counts))
+    return DepthPlan(var.depth, PATCH_NUMS, plain), DepthPlan(var.depth, PATCH_NUMS, counted)
+
+
+def test_token_counts_spare_the_host_reads_and_change_nothing(var, vqvae):
+    """With the per-block counts in the plan the model gathers without reading the mask back; outputs are equal."""
+    plain, counted = _equal_count_plans(var, 3, seed=4)
+    with HostSyncCounter() as reads_plain:
+        a = _sample(var, vqvae, StaticPlanMethod(plain))
+    with HostSyncCounter() as reads_counted:
+        b = _sample(var, vqvae, StaticPlanMethod(counted))
+    assert reads_plain.calls["Tensor.tolist"] == len(PATCH_NUMS) - 2  # one per masked scale
+    assert reads_counted.count == 0
+    assert all(torch.equal(x, y) for x, y in zip(a.idx_Bl, b.idx_Bl, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(a.raw_logits, b.raw_logits, strict=True))
+    assert torch.equal(a.images_B3HW, b.images_B3HW) and a.kv_cache_bytes == b.kv_cache_bytes
+
+
+def test_token_counts_must_fit_the_mask():
+    with pytest.raises(ValueError, match="token_counts needs a token mask"):
+        ScalePlan(token_counts=(1, 2))
+    with pytest.raises(ValueError, match="one count per block"):
+        ScalePlan(token_mask_BDl=torch.ones(1, 3, 4, dtype=torch.bool), token_counts=(4, 4))

@@ -114,3 +114,18 @@ def test_one_budget_solver():
         if path.name != "common.py":
             source = path.read_text()
             assert "0.5 * (lo + hi)" not in source and "0.5 * (a + b)" not in source, path.name
+
+
+def test_capacity_plans_are_built_once_and_size_caches_without_reading_tensors():
+    from varianttrain.methods.common import capacity_plan
+    from varianttrain.sampling.host_syncs import HostSyncCounter
+
+    plan = capacity_plan(3, (1, 2, 3), [None, [4, 0, 2], (9, 9, 1)])
+    assert capacity_plan(3, [1, 2, 3], (None, (4, 0, 2), [9, 9, 1])) is plan  # same table, same plan
+    assert capacity_plan(3, (1, 2, 3), [None, [4, 0, 2], (9, 9, 2)]) is not plan
+    with HostSyncCounter() as reads:
+        table = plan.tokens_per_block()
+    assert reads.count == 0
+    assert table == [[1.0, 1.0, 1.0], [4.0, 0.0, 2.0], [9.0, 9.0, 1.0]]
+    mask = plan.scales[2].token_mask_BDl
+    assert mask.sum(-1).tolist() == [[9, 9, 1]]  # the synthetic masks agree with the counts they carry

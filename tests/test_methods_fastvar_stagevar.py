@@ -94,6 +94,10 @@ def test_fastvar_full_budget_equals_full(var, vqvae, full):
 class _FastCapture(FastVARMethod):
     seen: list
 
+    @property
+    def block_hook(self):  # also at the last pruned scale, where FastVAR records nothing (skip_fill did the work)
+        return self._hook if self._k in self.keep else super().block_hook
+
     def _hook(self, block, x_in, x_out, ran_Bl):
         y = super()._hook(block, x_in, x_out, ran_Bl)
         if self._k in self.keep:

@@ -101,3 +101,77 @@ def test_flops_and_kv_bytes_reported(models):
     expected = var.depth * 2 * (2 * 2) * var.L * var.C * 4
     assert out.kv_cache_bytes == expected
     assert math.isfinite(out.images_B3HW.sum().item())
+
+
+def _probs(B: int, l: int, V: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, l, V, generator=g) * 3
+    logits[torch.rand(B, l, V, generator=g) < 0.5] = float("-inf")  # filtered entries: probability exactly 0
+    logits[..., 0] = 0.0  # every row keeps one finite logit
+    return logits.softmax(-1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_token_draws_are_torch_multinomial_draws(seed):
+    """Both modes give the tokens of torch.multinomial(p, 1, replacement=True) and leave the generators in the same
+    state (the official sampler's draw; per image: one call per image, as the sampler made before)."""
+    B, l, V = 3, 7, 257
+    probs = _probs(B, l, V, seed)
+    shared, reference = TokenRNG.shared_seed(seed), torch.Generator().manual_seed(seed)
+    for _ in range(2):  # consecutive draws stay in step
+        drawn = shared.multinomial(probs)
+        expected = torch.multinomial(probs.reshape(-1, V), 1, replacement=True, generator=reference).view(B, l)
+        assert torch.equal(drawn, expected)
+    assert torch.equal(shared.generators[0].get_state(), reference.get_state())
+    seeds = [seed * 10 + i for i in range(B)]
+    per_image, references = TokenRNG.per_image(seeds), [torch.Generator().manual_seed(s) for s in seeds]
+    for _ in range(2):
+        drawn = per_image.multinomial(probs)
+        expected = torch.stack([torch.multinomial(probs[i], 1, replacement=True, generator=g).view(l)
+                                for i, g in enumerate(references)])
+        assert torch.equal(drawn, expected)
+    assert all(torch.equal(a.get_state(), b.get_state())
+               for a, b in zip(per_image.generators, references, strict=True))
+
+
+def test_gumbel_noise_is_the_official_formula():
+    like = torch.empty(2, 3, 5)
+    seeds = [4, 9]
+    drawn = TokenRNG.per_image(seeds).gumbel(like)
+    expected = torch.stack([-torch.empty(3, 5).exponential_(generator=torch.Generator().manual_seed(s)).log()
+                            for s in seeds])
+    assert torch.equal(drawn, expected)
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(TokenRNG.shared_seed(3).gumbel(like), -torch.empty(2, 3, 5).exponential_(generator=g).log())
+
+
+def test_per_image_draws_cost_one_random_call_per_image_and_a_constant_rest():
+    """Per image only the Exp(1) noise needs image i's generator; division, argmax and the check run once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    def ops(batch: int) -> list[str]:
+        rng, probs = TokenRNG.per_image(range(batch)), _probs(batch, 4, 16, 0)
+        with Ops() as mode:
+            rng.multinomial(probs)
+        return [n for n in mode.names if n not in ("aten::select",)]  # views launch nothing
+
+    small, large = ops(2), ops(9)
+    assert small.count("aten::exponential_") == 2 and large.count("aten::exponential_") == 9
+    assert [n for n in small if n != "aten::exponential_"] == [n for n in large if n != "aten::exponential_"]
+    assert "aten::multinomial" not in large and "aten::stack" not in large
+
+
+def test_invalid_probabilities_are_refused():
+    probs = _probs(1, 2, 8, 0)
+    probs[0, 1, 3] = float("nan")
+    with pytest.raises(RuntimeError, match="probability tensor contains"):
+        TokenRNG.per_image([0]).multinomial(probs)

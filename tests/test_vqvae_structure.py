@@ -188,3 +188,25 @@ def test_load_state_dict_foreign_scale_count() -> None:
     same = _tiny(patch_nums=(1, 2, 3, 4))
     same.load_state_dict(sd, strict=True)
     assert torch.equal(same.quantize.ema_vocab_hit_SV, sd["quantize.ema_vocab_hit_SV"])  # same K: loaded as is
+
+
+def test_in_place_activations_change_no_value_and_no_gradient(monkeypatch) -> None:
+    """The decoder's SiLUs run in place (as the official code's); outputs and gradients equal out-of-place SiLUs."""
+    model = _tiny()
+    z = torch.randn(2, TINY.z_channels, 4, 4, requires_grad=True)
+
+    def decode_and_grad():
+        z.grad = None
+        img = model.decoder(z)
+        img.square().mean().backward()
+        return img.detach(), z.grad.clone(), model.decoder.conv_in.weight.grad.clone()
+
+    in_place = decode_and_grad()
+    model.zero_grad()
+    silu = F.silu
+    calls = []
+    monkeypatch.setattr(F, "silu", lambda x, inplace=False: calls.append(inplace) or silu(x, inplace=False))
+    out_of_place = decode_and_grad()
+    assert calls and all(calls)  # every decoder activation asked for in place
+    for a, b in zip(in_place, out_of_place, strict=True):
+        assert torch.equal(a, b)

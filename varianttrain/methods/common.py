@@ -4,13 +4,14 @@ Every method module takes what it shares from here (never from another method mo
 
 * `match_budget`: the one solver that turns "match the budget's FLOPs" into a knob value;
 * `counted_flops`: closed-form FLOPs of a per-block token-count table, exactly as the sampler counts them;
-* `capacity_plan`: a static plan that sizes the KV caches for such a table;
-* `fill_skipped`, `upsample_tokens`: the proxy residual of a token that skipped a block, and token-map resizing.
+* `capacity_plan`: a static plan that sizes the KV caches for such a table (built once per table);
+* `upsample_tokens`: token-map resizing (the proxies of tokens that skip a block, rank and feature maps).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -90,8 +91,16 @@ def counted_flops(var: VAR, counts: TokenCounts, rows: Sequence[int] | None = No
 def capacity_plan(depth: int, patch_nums: Sequence[int], counts: TokenCounts) -> DepthPlan:
     """A static `DepthPlan` whose per-block token totals are `counts` (for `SamplingMethod.kv_capacity_plan`).
 
-    Only the counts matter to `VAR.new_kv_caches`; the synthetic masks mark the first n tokens.
+    Only the counts matter to `VAR.new_kv_caches` (the plan carries them as `token_counts`, so sizing reads no
+    tensor); the synthetic masks mark the first n tokens. Cached per (depth, pyramid, counts): a method asks for
+    its plan at every sampling call, and building it costs a few hundred small tensor operations at VAR-d30.
     """
+    table = tuple(None if c is None else tuple(int(n) for n in c) for c in counts)
+    return _capacity_plan(depth, tuple(patch_nums), table)
+
+
+@lru_cache(maxsize=256)
+def _capacity_plan(depth: int, patch_nums: tuple[int, ...], counts: tuple[tuple[int, ...] | None, ...]) -> DepthPlan:
     scales = []
     for k, pn in enumerate(patch_nums):
         if counts[k] is None:
@@ -99,19 +108,11 @@ def capacity_plan(depth: int, patch_nums: Sequence[int], counts: TokenCounts) ->
             continue
         positions = torch.arange(pn * pn)
         mask_1Dl = torch.stack([positions < n for n in counts[k]])[None]
-        scales.append(ScalePlan(token_mask_BDl=mask_1Dl))
+        scales.append(ScalePlan(token_mask_BDl=mask_1Dl, token_counts=counts[k]))
     return DepthPlan(depth, patch_nums, scales)
 
 
 # ----------------------------------------------------------------------------------------------- token helpers
-def fill_skipped(x_in: torch.Tensor, x_out: torch.Tensor, ran_Bl: torch.Tensor | None,
-                 delta_BlC: torch.Tensor) -> torch.Tensor:
-    """Tokens that did not run the block take x_in + delta (proxy residual); ran_Bl None: all ran, x_out as is."""
-    if ran_Bl is None:
-        return x_out
-    return torch.where(ran_Bl[..., None], x_out, x_in + delta_BlC.to(x_in.dtype))
-
-
 def upsample_tokens(tokens_RNC: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int],
                     mode: str = "bilinear") -> torch.Tensor:
     """(R, N_src, C) token maps -> (R, N_dst, C); bilinear uses align_corners=False (no antialias)."""

@@ -7,9 +7,11 @@ the DepthVAR port in docs/METHODS.md (DV numbers below refer to its steps):
 * scales k <= R run at full depth; the last one that precedes an accelerated scale records Δ^ℓ = x_out - x_in for
   every block (`block_hook`, DV12);
 * an accelerated scale k > R gets a `ScalePlan` whose `token_mask_BDl` is the layer-major mask of `depth_maps`,
-  ranked on the previous scale's Δ (DV2-DV9); the model gathers the running tokens per block and omits the others
-  from attention and from that block's KV cache (DV11); the hook replaces a skipped token's identity by the
-  proxy x_in + up(Δ_prev^ℓ) (bilinear, DV10) and records the new Δ for the next scale (DV12);
+  ranked on the previous scale's Δ (DV2-DV9), and its per-block token counts (the same for every image with
+  ordinal ranks, so the model needs no host sync); the model gathers the running tokens per block and omits the
+  others from attention and from that block's KV cache (DV11); `skip_fill` gives a skipped token the proxy
+  x_in + up(Δ_prev^ℓ) instead of its identity (bilinear, DV10) and the hook records the new Δ for the next scale
+  (DV12);
 * `before_head` applies the similarity restoration of d = 0 tokens on the previous scale's guided logits (DV13);
 * `code_weights` returns the continuous score S for code blending (pre-φ, DV14).
 
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 
-from varianttrain.methods.common import capacity_plan, counted_flops, fill_skipped, match_budget, upsample_tokens
+from varianttrain.methods.common import capacity_plan, counted_flops, match_budget, upsample_tokens
 from varianttrain.methods.depthvar_schedule import (
     DepthMaps,
     DepthVARConfig,
@@ -79,6 +81,7 @@ class DepthVARMethod(SamplingMethod):
         self.accelerated = frozenset(k for k, t in enumerate(self.tables)
                                      if t is not None and (unit_score or not t.full_depth))
         self.recorded = frozenset(k - 1 for k in self.accelerated)  # scales whose Δ the next scale needs
+        self._counts = [None if c is None else tuple(c) for c in self.token_counts()]
         self._device_tables: dict[str, list] = {}
         self._reset()
 
@@ -115,22 +118,27 @@ class DepthVARMethod(SamplingMethod):
             self.maps = _unit_maps(self.deltas_prev[0], self._tables[scale].hw, self.depth)
         else:
             self.maps = depth_maps(self.deltas_prev, self._tables[scale], self.config)
-        return ScalePlan(token_mask_BDl=self.maps.mask)
+        # Ordinal ranks give every image the table's per-block counts: the model gathers without a host sync.
+        counts = self._counts[scale] if self.unit_score or self.config.rank_ties == "ordinal" else None
+        return ScalePlan(token_mask_BDl=self.maps.mask, token_counts=counts)
 
     @property
     def block_hook(self):
-        """Active only where Δ is recorded or proxies are needed: other scales pay nothing."""
-        if self._k in self.accelerated or self._k in self.recorded:
-            return self._hook
-        return None
+        """Active only where Δ is recorded for the next scale: other scales pay nothing."""
+        return self._hook if self._k in self.recorded else None
+
+    @property
+    def skip_fill(self):
+        """At an accelerated scale, tokens that skip a block take the proxy x_in + up(Δ_prev) (DV10)."""
+        return self._fill if self.maps is not None else None
+
+    def _fill(self, block: int, x_in: torch.Tensor) -> torch.Tensor:
+        table = self._tables[self._k]
+        proxy = upsample_tokens(self.deltas_prev[block], table.prev_hw, table.hw, self.config.proxy_upsample)
+        return x_in + proxy.to(x_in.dtype)
 
     def _hook(self, block: int, x_in: torch.Tensor, x_out: torch.Tensor, ran_Bl: torch.Tensor | None) -> torch.Tensor:
-        if self.maps is not None and ran_Bl is not None:
-            table = self._tables[self._k]
-            proxy = upsample_tokens(self.deltas_prev[block], table.prev_hw, table.hw, self.config.proxy_upsample)
-            x_out = fill_skipped(x_in, x_out, ran_Bl, proxy)  # DV10 (Eq. 5, corrected)
-        if self._deltas_cur is not None:
-            self._deltas_cur[block] = x_out - x_in  # computed change, or the proxy change of masked tokens (DV12)
+        self._deltas_cur[block] = x_out - x_in  # computed change, or the proxy change of masked tokens (DV12)
         return x_out
 
     def before_head(self, scale: int, x_BlC: torch.Tensor) -> torch.Tensor:

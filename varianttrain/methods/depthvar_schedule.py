@@ -132,9 +132,12 @@ def integer_depths(score: Tensor, num_layers: int) -> Tensor:
     return torch.floor(score * num_layers).clamp_(0, num_layers).long()
 
 
-def layer_major_mask(depth: Tensor, num_layers: int) -> Tensor:
-    """Bool (B, L, N) with M[b, l, p] = pos_L[l] < d[b, p], from depths (B, h, w) or (B, N) (DV9)."""
-    pos = torch.tensor(layer_positions(num_layers), device=depth.device)
+def layer_major_mask(depth: Tensor, num_layers: int, positions: Tensor | None = None) -> Tensor:
+    """Bool (B, L, N) with M[b, l, p] = pos_L[l] < d[b, p], from depths (B, h, w) or (B, N) (DV9).
+
+    `positions`: pos_L as an int64 tensor on depth's device (a `ScaleRankTable` holds one), saving a host copy.
+    """
+    pos = torch.tensor(layer_positions(num_layers), device=depth.device) if positions is None else positions
     return depth.reshape(depth.shape[0], 1, -1) > pos[None, :, None]
 
 
@@ -385,6 +388,7 @@ class ScaleRankTable:
     score_by_rank: Tensor  # (N,) float64
     depth_by_rank: Tensor  # (N,) int64
     counts: tuple[int, ...]  # n_l, l = 0..L-1
+    positions: Tensor  # (L,) int64, pos_L (layer_positions): block l runs for a token iff positions[l] < d
 
     @property
     def full_depth(self) -> bool:
@@ -393,7 +397,8 @@ class ScaleRankTable:
 
     def to(self, device: torch.device | str) -> ScaleRankTable:
         """Copy with the rank tables on device (do it once, not per step)."""
-        return replace(self, score_by_rank=self.score_by_rank.to(device), depth_by_rank=self.depth_by_rank.to(device))
+        return replace(self, score_by_rank=self.score_by_rank.to(device), depth_by_rank=self.depth_by_rank.to(device),
+                       positions=self.positions.to(device))
 
 
 def rank_tables(
@@ -409,7 +414,7 @@ def rank_tables(
             continue
         score, depth = _rank_depths(hws[i][0] * hws[i][1], c, num_layers, cfg)
         counts = tuple(int(n) for n in (depth[None, :] > pos[:, None]).sum(1))
-        tables.append(ScaleRankTable(i, hws[i], hws[i - 1], num_layers, c, score, depth, counts))
+        tables.append(ScaleRankTable(i, hws[i], hws[i - 1], num_layers, c, score, depth, counts, pos))
     return tables
 
 
@@ -436,7 +441,8 @@ def depth_maps(deltas: Sequence[Tensor] | Tensor, table: ScaleRankTable, cfg: De
         order = None
         score = depth_scores(percentiles(b, "min"), table.c, cfg)
         depth = integer_depths(score, table.num_layers)
-    return DepthMaps(score.reshape(shape), depth.reshape(shape), layer_major_mask(depth, table.num_layers), order)
+    mask = layer_major_mask(depth, table.num_layers, table.positions.to(depth.device))
+    return DepthMaps(score.reshape(shape), depth.reshape(shape), mask, order)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -522,14 +528,17 @@ def anchor_lines(size: int, window: int = 5) -> list[int]:
 
 
 @lru_cache(maxsize=64)
-def anchor_candidates(h: int, w: int, window: int = 5, num: int = 4) -> tuple[Tensor, Tensor]:
+def anchor_candidates(h: int, w: int, window: int = 5, num: int = 4,
+                      device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """(anchors (A,), candidates (N, min(num, A))): anchor raster indices, and per token its `num` nearest anchors.
 
     Candidates are indices into `anchors`, nearest first by squared grid distance, ties by anchor raster order (DV13
     step 2). [D] "The corners of the token's anchor cell" would be a shorter description; the distance rule (the public
     SparseVAR port's) is what is implemented — the two differ only next to a narrow border cell (e.g. 8x8 token (6,4)
-    gets (5,7) before (5,0)). Treat as read-only (cached).
+    gets (5,7) before (5,0)). Built on the CPU and, for `device`, copied there once (cached): treat as read-only.
     """
+    if device is not None and torch.device(device) != torch.device("cpu"):
+        return tuple(t.to(device) for t in anchor_candidates(h, w, window, num))
     rows, cols = anchor_lines(h, window), anchor_lines(w, window)
     anchors = torch.tensor([r * w + c for r in rows for c in cols])
     ar, ac = anchors // w, anchors % w
@@ -566,8 +575,7 @@ def restore_similar(
     """
     batch, h, w = depth.shape
     n = h * w
-    anchors, cand = anchor_candidates(h, w, window)
-    anchors, cand = anchors.to(depth.device), cand.to(depth.device)
+    anchors, cand = anchor_candidates(h, w, window, device=depth.device)
     acc = torch.float64 if features.dtype == torch.float64 else torch.float32
     unit = F.normalize(features.to(acc), dim=-1)
     sim = unit @ unit[:, anchors].transpose(1, 2)  # (B, N, A): each token against every anchor, cheap

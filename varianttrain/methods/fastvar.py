@@ -7,7 +7,7 @@ mean; pruned tokens take that sub-layer's output change cached at one earlier sc
 kept tokens enter attention and the KV cache. Infinity prunes 40 % at 32x32 and 50 % at 40x40 and drops the last
 two scales.
 
-This port (decisions and deviations, each forced by or chosen for the sampler's `ScalePlan` + `block_hook`):
+This port (decisions and deviations, each forced by or chosen for the sampler's `ScalePlan` and hooks):
 
 * Block granularity, not sub-layer granularity: a pruned token skips the whole block (attention + FFN) and takes
   x_in + area_resize(Δ_cache^ℓ), where Δ_cache^ℓ = block ℓ's output change at the cache scale. VAR blocks have no
@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from varianttrain.methods.common import capacity_plan, counted_flops, fill_skipped, match_budget, upsample_tokens
+from varianttrain.methods.common import capacity_plan, counted_flops, match_budget, upsample_tokens
 from varianttrain.methods.spec import (
     MethodOptions,
     MethodSpec,
@@ -111,6 +111,8 @@ class FastVARMethod(SamplingMethod):
         self.pruned_blocks = tuple(range(lo, hi + 1))
         self.restore_upsample = restore_upsample
         self._full_blocks = tuple(b for b in range(self.depth) if not lo <= b <= hi)
+        self._counts = [None if c is None else tuple(c) for c in self.token_counts()]
+        self._device_full: dict[str, torch.Tensor] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -123,6 +125,12 @@ class FastVARMethod(SamplingMethod):
         if ctx.var.depth != self.depth or tuple(ctx.var.patch_nums) != self.patch_nums:
             raise ValueError(f"fastvar was built for depth {self.depth} / patch_nums {self.patch_nums}")
         self._reset()
+        key = str(ctx.device)
+        if key not in self._device_full:  # which blocks never prune, as a (depth,) mask: one host copy per device
+            full_D = torch.zeros(self.depth, dtype=torch.bool)
+            full_D[list(self._full_blocks)] = True
+            self._device_full[key] = full_D.to(ctx.device)
+        self._full_D = self._device_full[key]
 
     # ------------------------------------------------------------------ hooks
     def scale_plan(self, scale: int) -> ScalePlan:
@@ -133,7 +141,7 @@ class FastVARMethod(SamplingMethod):
         if not self._cache:
             raise RuntimeError(f"fastvar: nothing cached at scale {self.cache_scale} before scale {scale}")
         n_keep = self.keep[scale]
-        if n_keep == 0:  # every token pruned: the blocks of the range are skipped, the hook fills them
+        if n_keep == 0:  # every token pruned: the blocks of the range are skipped, `skip_fill` fills them
             return ScalePlan(blocks=self._full_blocks)
         pn = self.patch_nums[scale]
         prev = self.patch_nums[scale - 1]
@@ -143,16 +151,25 @@ class FastVARMethod(SamplingMethod):
         score = 0.5 * (score[:images] + score[images:])  # one keep set per image (CFG rows share it)
         order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :n_keep]
         keep_Bl = torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
-        mask = keep_Bl[:, None, :].repeat(1, self.depth, 1)
-        mask[:, list(self._full_blocks)] = True
-        return ScalePlan(token_mask_BDl=mask)
+        mask = keep_Bl[:, None, :] | self._full_D[None, :, None]  # the blocks outside the range run every token
+        return ScalePlan(token_mask_BDl=mask, token_counts=self._counts[scale])
 
     @property
     def block_hook(self):
         k = self._k
-        if k in self.keep or k == self.cache_scale or k + 1 in self.keep:
+        if k == self.cache_scale or k + 1 in self.keep:
             return self._hook
         return None
+
+    @property
+    def skip_fill(self):
+        """At a pruned scale, pruned tokens take x_in + the cached change of the block, resized."""
+        return self._fill if self._k in self.keep else None
+
+    def _fill(self, block: int, x_in: torch.Tensor) -> torch.Tensor:
+        src, pn = self.patch_nums[self.cache_scale], self.patch_nums[self._k]
+        cached = upsample_tokens(self._cache[block], (src, src), (pn, pn), self.restore_upsample)
+        return x_in + cached.to(x_in.dtype)
 
     def _hook(self, block: int, x_in: torch.Tensor, x_out: torch.Tensor, ran_Bl: torch.Tensor | None) -> torch.Tensor:
         k = self._k
@@ -160,11 +177,6 @@ class FastVARMethod(SamplingMethod):
             self._feature_next = x_in  # scores the next scale's tokens
         if k == self.cache_scale and block in self.pruned_blocks:
             self._cache[block] = x_out - x_in
-        if k in self.keep and ran_Bl is not None:
-            cached = self._cache[block]
-            src, pn = self.patch_nums[self.cache_scale], self.patch_nums[k]
-            x_out = fill_skipped(x_in, x_out, ran_Bl, upsample_tokens(cached, (src, src), (pn, pn),
-                                                                      self.restore_upsample))
         return x_out
 
     def code_weights(self, scale: int) -> torch.Tensor | None:

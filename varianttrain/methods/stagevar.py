@@ -152,8 +152,8 @@ class StageVARMethod(SamplingMethod):
         order = torch.sort(energy, dim=1, descending=True, stable=True).indices[:, :self.ranks[scale]]
         keep_Bl = torch.zeros_like(energy, dtype=torch.bool).scatter_(1, order, True)
         self.representative = keep_Bl
-        return ScalePlan(token_mask_BDl=keep_Bl[:, None, :].expand(-1, self.depth, -1), guidance=False,
-                         kept_branch=self.branch)
+        return ScalePlan(token_mask_BDl=keep_Bl[:, None, :].expand(-1, self.depth, -1),
+                         token_counts=(self.ranks[scale],) * self.depth, guidance=False, kept_branch=self.branch)
 
     def _upsampled_prev(self, scale: int) -> torch.Tensor:
         if self._prev_out is None:

@@ -119,6 +119,9 @@ class ScalePlan:
         token_mask_BDl: optional per-token refinement, bool (B, depth, n_k): token t of sample b runs block j
             iff `token_mask_BDl[b, j, t]` (and j is in `blocks`). B is the number of images; in a CFG sampler
             both halves of an image share its mask.
+        token_counts: optional, with a mask whose per-block token count is the same for every image: that count
+            per block (`token_mask_BDl[:, j].sum(-1)` == `token_counts[j]` for every image). The sampler then
+            gathers the running tokens without reading the mask back to the host (no device sync).
         guidance: False runs a single branch instead of the CFG pair from this scale on (StageVAR).
         kept_branch: which branch survives when guidance is dropped: 'cond' (the class-conditional rows) or
             'uncond' (the null-class rows).
@@ -126,8 +129,14 @@ class ScalePlan:
 
     blocks: tuple[int, ...] | None = None
     token_mask_BDl: torch.Tensor | None = None
+    token_counts: tuple[int, ...] | None = None
     guidance: bool = True
     kept_branch: Literal["cond", "uncond"] = "cond"
+
+    def __post_init__(self):
+        if self.token_counts is not None and (self.token_mask_BDl is None
+                                              or len(self.token_counts) != self.token_mask_BDl.shape[1]):
+            raise ValueError("ScalePlan.token_counts needs a token mask and one count per block of that mask")
 
     def runs_block(self, block: int) -> bool:
         """Whether any token of this scale runs `block`."""
@@ -241,6 +250,8 @@ class DepthPlan:
                     row.append(0.0)
                 elif scale.token_mask_BDl is None:
                     row.append(float(n))
+                elif scale.token_counts is not None:  # known on the host: no device read
+                    row.append(float(scale.token_counts[b]))
                 else:
                     row.append(scale.token_mask_BDl[:, b, :].sum(-1).float().mean().item())
             table.append(row)

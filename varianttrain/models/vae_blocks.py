@@ -40,8 +40,11 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x_BChw: torch.Tensor) -> torch.Tensor:
-        h_BChw = self.conv1(F.silu(self.norm1(x_BChw)))
-        h_BChw = self.conv2(self.dropout(F.silu(self.norm2(h_BChw))))
+        # SiLU in place on the fresh GroupNorm outputs (FoundationVision/VAR, models/basic_vae.py,
+        # ResnetBlock.forward): one full-size tensor less per activation, same values; GroupNorm's backward needs
+        # its input, not its output, so gradients are unchanged too.
+        h_BChw = self.conv1(F.silu(self.norm1(x_BChw), inplace=True))
+        h_BChw = self.conv2(self.dropout(F.silu(self.norm2(h_BChw), inplace=True)))
         return self.nin_shortcut(x_BChw) + h_BChw
 
 

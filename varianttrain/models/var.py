@@ -29,10 +29,15 @@ from varianttrain.models.kv_cache import KVCache
 
 RELEASED_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
-# hook(block, x_in_BlC, x_out_BlC, ran_Bl) -> x_out_BlC. ran_Bl is None when every token ran the block, else a
-# bool (rows, l) map (all False when the block was skipped at this scale). Lets a method replace the identity of
-# skipped tokens (DepthVAR's proxy residuals, FastVAR's cached outputs) or record per-block changes.
+# hook(block, x_in_BlC, x_out_BlC, ran_Bl) -> x_out_BlC, after each block. ran_Bl is None when every token ran the
+# block, else a bool (rows, l) map (all False when the block was skipped at this scale). Lets a method record
+# per-block changes (or change the output).
 BlockHook = Callable[[int, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+# fill(block, x_in_BlC) -> the hidden states (rows, l, C) that the tokens skipping `block` take instead of the
+# identity x_in (DepthVAR's proxy residuals, FastVAR's cached changes); only their positions are read. Called only
+# when some token skips the block. Must return a new tensor: the model writes the running tokens' outputs into it,
+# so a masked block costs one gather and one scatter.
+SkipFill = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -274,47 +279,45 @@ class VAR(nn.Module):
 
     def forward_scale(self, x_BlC: torch.Tensor, modulations: BlockModulations | Sequence[torch.Tensor],
                       scale_plan: ScalePlan, caches: Sequence[KVCache], hook: BlockHook | None = None,
-                      stats: ScaleStepStats | None = None) -> torch.Tensor:
-        """Run the blocks of one scale on its tokens with KV caching (the block-causal mask is implicit)."""
+                      stats: ScaleStepStats | None = None, fill: SkipFill | None = None) -> torch.Tensor:
+        """Run the blocks of one scale on its tokens with KV caching (the block-causal mask is implicit).
+
+        With a token mask, each block gathers its running tokens once, runs them and scatters the results into the
+        state of the skipping tokens: `fill(block, x_in)` (a method's proxy) or x_in (identity). No host sync when
+        the plan carries its per-block `token_counts`.
+        """
         rows, l, C = x_BlC.shape
-        mask_BDl = scale_plan.token_mask_BDl
-        if mask_BDl is not None:
-            # One host sync per scale for the per-block counts (shapes must be known to gather).
-            images = mask_BDl.shape[0]
-            if rows % images:
-                raise ValueError(f"token mask has {images} rows, which does not divide the batch of {rows}")
-            counts_BD = mask_BDl.sum(-1)
-            counts = counts_BD.tolist()
-            order_BDl = torch.argsort((~mask_BDl).to(torch.int8), dim=-1, stable=True)
-            repeat = rows // images
+        selection = None if scale_plan.token_mask_BDl is None else TokenSelection(scale_plan, rows)
+        none_ran = None  # (rows, l) all False, for hooks at a skipped block; made on first use
         for b, block in enumerate(self.blocks):
             x_in = x_BlC
             if not scale_plan.runs_block(b):
+                if fill is not None:
+                    x_BlC = fill(b, x_in)
                 if hook is not None:
-                    x_BlC = hook(b, x_in, x_in, torch.zeros(rows, l, dtype=torch.bool, device=x_BlC.device))
+                    if none_ran is None:
+                        none_ran = torch.zeros(rows, l, dtype=torch.bool, device=x_BlC.device)
+                    x_BlC = hook(b, x_in, x_BlC, none_ran)
                 continue
             mod = modulations[b][:rows]  # lazily computed: blocks a plan never runs cost nothing
-            if mask_BDl is None:
+            if selection is None:
                 x_BlC = block(x_BlC, mod_B16C=mod, cache=caches[b])
-                ran = None
-                n_q = l
+                ran, n_q = None, l
             else:
-                per_row = [counts[i][b] for i in range(images)]
-                n_q = max(per_row)
-                ran = mask_BDl[:, b].repeat(repeat, 1)
+                n_q, ran = selection.counts[b], selection.ran(b)
                 if n_q == 0:
+                    if fill is not None:
+                        x_BlC = fill(b, x_in)
                     if hook is not None:
-                        x_BlC = hook(b, x_in, x_in, ran)
+                        x_BlC = hook(b, x_in, x_BlC, ran)
                     continue
-                idx_Bn = order_BDl[:, b, :n_q].repeat(repeat, 1)
-                valid_Bn = None
-                if min(per_row) != n_q:
-                    valid_Bn = (torch.arange(n_q, device=x_BlC.device)[None] < counts_BD[:, b, None]).repeat(repeat, 1)
+                idx_Bn, valid_Bn = selection.index(b), selection.valid(b)
                 x_sel = x_BlC.gather(1, idx_Bn[..., None].expand(rows, n_q, C))
                 y_sel = block(x_sel, mod_B16C=mod, cache=caches[b], valid_Bl=valid_Bn)
-                x_BlC = scatter_rows(x_BlC, idx_Bn, y_sel, valid_Bn)
-                if n_q == l and valid_Bn is None:
-                    ran = None
+                if fill is None or ran is None:
+                    x_BlC = scatter_rows(x_in, idx_Bn, y_sel, valid_Bn)
+                else:  # the fill is a new tensor: write the running tokens into it
+                    x_BlC = scatter_rows(fill(b, x_in), idx_Bn, y_sel, valid_Bn, inplace=True)
             if stats is not None:
                 stats.block_calls += 1
                 stats.token_blocks += rows * n_q
@@ -322,7 +325,6 @@ class VAR(nn.Module):
             if hook is not None:
                 x_BlC = hook(b, x_in, x_BlC, ran)
         return x_BlC
-
 
     def prefill(self, x_BPC: torch.Tensor, modulations: BlockModulations | Sequence[torch.Tensor],
                 caches: Sequence[KVCache], stats: ScaleStepStats | None = None) -> torch.Tensor:
@@ -363,12 +365,63 @@ class BlockModulations:
 
 
 def scatter_rows(x_BLC: torch.Tensor, idx_Bn: torch.Tensor, y_BnC: torch.Tensor,
-                 valid_Bn: torch.Tensor | None) -> torch.Tensor:
-    """Write y back at positions idx (out of place); padded entries (valid False) are discarded."""
+                 valid_Bn: torch.Tensor | None, inplace: bool = False) -> torch.Tensor:
+    """Write y back at positions idx (into x itself when `inplace`); padded entries (valid False) are discarded."""
     B, L, C = x_BLC.shape
     if valid_Bn is None:
-        return x_BLC.scatter(1, idx_Bn[..., None].expand(-1, -1, C), y_BnC.to(x_BLC.dtype))
+        scatter = x_BLC.scatter_ if inplace else x_BLC.scatter
+        return scatter(1, idx_Bn[..., None].expand(-1, -1, C), y_BnC.to(x_BLC.dtype))
     # Padding writes go to an extra dummy row that is dropped afterwards (no write conflicts with real tokens).
     x_ext = torch.cat((x_BLC, x_BLC.new_zeros(B, 1, C)), dim=1)
     idx = torch.where(valid_Bn, idx_Bn, L)
-    return x_ext.scatter(1, idx[..., None].expand(-1, -1, C), y_BnC.to(x_BLC.dtype))[:, :L]
+    return x_ext.scatter_(1, idx[..., None].expand(-1, -1, C), y_BnC.to(x_BLC.dtype))[:, :L]
+
+
+class TokenSelection:
+    """The running tokens of one masked scale, per block: built once per scale, on the mask's device.
+
+    Rows are the model's rows (a CFG sampler runs 2 per image; both share the image's mask). Tokens run in raster
+    order. Per-block counts come from `ScalePlan.token_counts` when the plan has them (no host sync), else from one
+    read of the mask (`tolist`: the gather shapes depend on them); images with fewer running tokens than the most
+    are padded, and the padding is marked invalid.
+    """
+
+    def __init__(self, scale_plan: ScalePlan, rows: int):
+        mask_BDl = scale_plan.token_mask_BDl
+        images, _, l = mask_BDl.shape
+        if rows % images:
+            raise ValueError(f"token mask has {images} rows, which does not divide the batch of {rows}")
+        repeat = rows // images
+        self._l = l
+        if scale_plan.token_counts is not None:
+            self.counts = list(scale_plan.token_counts)
+            self._padded = [False] * len(self.counts)
+            valid_BDl = None
+        else:
+            counts_BD = mask_BDl.sum(-1)
+            per_image = counts_BD.tolist()  # the one host sync of this path
+            self.counts = [max(col) for col in zip(*per_image, strict=True)]
+            self._padded = [min(col) != max(col) for col in zip(*per_image, strict=True)]
+            valid_BDl = None
+            if any(self._padded):
+                valid_BDl = torch.arange(l, device=mask_BDl.device) < counts_BD[..., None]
+        order_BDl = torch.argsort((~mask_BDl).to(torch.int8), dim=-1, stable=True)
+        self._order_RDl = order_BDl.repeat(repeat, 1, 1)
+        self._ran_RDl = mask_BDl.repeat(repeat, 1, 1)
+        self._valid_RDl = None if valid_BDl is None else valid_BDl.repeat(repeat, 1, 1)
+
+    def ran(self, block: int) -> torch.Tensor | None:
+        """(rows, l) bool: which tokens run `block`; None when all of them do."""
+        if self.counts[block] == self._l and not self._padded[block]:
+            return None
+        return self._ran_RDl[:, block]
+
+    def index(self, block: int) -> torch.Tensor:
+        """(rows, n) positions of the running tokens (padded with other positions up to the largest count)."""
+        return self._order_RDl[:, block, :self.counts[block]]
+
+    def valid(self, block: int) -> torch.Tensor | None:
+        """(rows, n) bool marking real (not padding) entries of `index`; None when no row is padded."""
+        if not self._padded[block]:
+            return None
+        return self._valid_RDl[:, block, :self.counts[block]]

@@ -209,7 +209,8 @@ class Decoder(nn.Module):
             h_BChw = level(h_BChw)
             if hasattr(level, "upsample"):
                 h_BChw = level.upsample(h_BChw)
-        return self.conv_out(F.silu(self.norm_out(h_BChw)))
+        # In place, as in the official Decoder.forward (FoundationVision/VAR, models/basic_vae.py).
+        return self.conv_out(F.silu(self.norm_out(h_BChw), inplace=True))
 
 
 class VQVAE(nn.Module):

@@ -3,6 +3,19 @@
 Per-image generators make every image a function of its own seed alone, so results do not depend on batch
 composition, batch size or the number of GPUs. With one image, both modes issue the same calls in the same order:
 `TokenRNG.per_image([s])` reproduces the official `autoregressive_infer_cfg(g_seed=s)` draws.
+
+A token draw is the one `torch.multinomial(probs, 1, replacement=True)` performs internally for a single sample
+(PyTorch, aten/src/ATen/native/Distributions.cpp, `multinomial_out`, the one-sample fast path): Exp(1) noise q
+from `empty_like(probs).exponential_(generator)`, then argmax(probs / q). Written out here so that the noise of
+every image lands in one buffer and the division and argmax run once per scale for the whole batch, without the
+per-call validity checks; the tokens and the generators' states after the draw are bit-identical to
+`torch.multinomial`'s.
+
+What cannot be batched: the noise of image i comes from image i's generator, and a PyTorch random kernel takes one
+generator per call; its values depend on how that generator's stream maps onto the elements of the call (a seed per
+call on the CPU, a Philox offset and the launch grid on CUDA). Drawing the noise of B images in one call would
+therefore change every image's tokens, or tie them to the batch they share. Per-image mode keeps one
+`exponential_` call per image per scale (B + 3 calls per scale in all, no host sync); shared mode issues 4.
 """
 
 from __future__ import annotations
@@ -33,20 +46,24 @@ class TokenRNG:
         if not self.shared and batch != len(self.generators):
             raise ValueError(f"{len(self.generators)} per-image seeds for a batch of {batch} images")
 
-    def multinomial(self, probs_BlV: torch.Tensor) -> torch.Tensor:
-        """One token per position, (B, l) int64."""
-        B, l, V = probs_BlV.shape
-        self._check(B)
+    def _exponential(self, like_BlV: torch.Tensor) -> torch.Tensor:
+        """Exp(1) noise shaped like `like_BlV`: one draw over the whole tensor, or image i's from generator i."""
+        self._check(like_BlV.shape[0])
+        noise_BlV = torch.empty_like(like_BlV, memory_format=torch.contiguous_format)
         if self.shared:
-            return torch.multinomial(probs_BlV.reshape(-1, V), 1, replacement=True,
-                                     generator=self.generators[0]).view(B, l)
-        return torch.stack([torch.multinomial(probs_BlV[i], 1, replacement=True, generator=g).view(l)
-                            for i, g in enumerate(self.generators)])
+            return noise_BlV.exponential_(generator=self.generators[0])
+        for i, g in enumerate(self.generators):
+            noise_BlV[i].exponential_(generator=g)
+        return noise_BlV
+
+    def multinomial(self, probs_BlV: torch.Tensor) -> torch.Tensor:
+        """One token per position, (B, l) int64; the draws of `torch.multinomial(probs, 1, replacement=True)`."""
+        # The check torch.multinomial makes, once per batch, asserted on the device (no host sync on a GPU).
+        low, high = probs_BlV.aminmax()
+        torch._assert_async((low >= 0) & (high < float("inf")),
+                            "probability tensor contains either `inf`, `nan` or element < 0")
+        return probs_BlV.div(self._exponential(probs_BlV)).argmax(dim=-1)
 
     def gumbel(self, like_BlV: torch.Tensor) -> torch.Tensor:
         """Gumbel(0, 1) noise drawn as -log(Exponential(1)), the official formula."""
-        self._check(like_BlV.shape[0])
-        if self.shared:
-            return -torch.empty_like(like_BlV).exponential_(generator=self.generators[0]).log()
-        return torch.stack([-torch.empty_like(like_BlV[i]).exponential_(generator=g).log()
-                            for i, g in enumerate(self.generators)])
+        return self._exponential(like_BlV).log_().neg_()

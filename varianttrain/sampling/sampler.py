@@ -50,6 +50,7 @@ class SamplingMethod:
         return None
 
     block_hook = None  # optional BlockHook (see varianttrain.models.var); set by methods that need one
+    skip_fill = None  # optional SkipFill: what tokens that skip a block take instead of the identity (proxies)
 
     def before_head(self, scale: int, x_BlC: torch.Tensor) -> torch.Tensor:
         """Last chance to change the hidden states of `scale` before the head (DepthVAR's restoration)."""
@@ -215,7 +216,7 @@ def generate(var: VAR, vqvae: torch.nn.Module, label_B: torch.Tensor, sampling: 
             elif scale_plan.guidance and rows == B:
                 raise ValueError(f"scale {k}: guidance cannot be re-enabled once a CFG branch is dropped")
             x_BlC = model.forward_scale(x_BlC, run.modulations, scale_plan, run.caches, hook=method.block_hook,
-                                        stats=step)
+                                        stats=step, fill=method.skip_fill)
             x_BlC = method.before_head(k, x_BlC)
             logits_BlV = model.logits(x_BlC, run.head_cond_BD)
             step.flops.add_head(rows, pn * pn, model.C, model.V)
