@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_eval import (
+    PATCH_NUMS,
     REPO_ROOT,
     TINY_CONFIG,
     eval_main,
@@ -169,24 +170,31 @@ def test_depth_sweep_into_one_output_root_does_not_collide(files, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def test_models_are_built_without_random_init_and_loaded_strictly(monkeypatch):
-    from varianttrain.checkpoints import CheckpointError
-    from varianttrain.evaluation.weights import EmptyInit, build_var
+def test_models_are_built_without_random_init_and_loaded_strictly(monkeypatch, tmp_path):
+    from varianttrain.checkpoints import CheckpointError, load_vqvae
+    from varianttrain.evaluation.weights import build_var
 
     source = tiny_var(3)
+    vqvae_file = save_vqvae(tmp_path / "vqvae.pth", seed=5)
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("random init ran for a model that is about to be loaded")
+    def forbidden(self, *args, **kwargs):
+        if self.device.type != "meta":  # on the meta device an init call touches no storage and costs nothing
+            raise AssertionError("random init ran for a model that is about to be loaded")
+        return self
 
     with monkeypatch.context() as patch:
-        patch.setattr(torch.Tensor, "uniform_", forbidden)  # what nn.Linear's kaiming / bias init end in
-        with EmptyInit():
-            torch.nn.Linear(64, 64)
+        for name in ("uniform_", "normal_", "trunc_normal_"):  # what nn.init's functions end in
+            if hasattr(torch.Tensor, name):
+                patch.setattr(torch.Tensor, name, forbidden)
         with pytest.raises(AssertionError, match="random init ran"):
-            torch.nn.Linear(64, 64)  # not vacuous: outside EmptyInit the init does run
-    loaded = build_var(source.config, source.state_dict(), "cpu")
+            torch.nn.Linear(64, 64)  # not vacuous: a plain construction does run the init
+        loaded = build_var(source.config, source.state_dict(), "cpu")
+        vqvae = load_vqvae(vqvae_file, PATCH_NUMS)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values(),
                                                  strict=True))
+    saved = torch.load(vqvae_file, weights_only=True)
+    assert vqvae.state_dict().keys() == saved.keys()
+    assert all(torch.equal(vqvae.state_dict()[k], saved[k]) for k in saved)
     assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
     broken = dict(source.state_dict())
     broken.pop("head.weight")

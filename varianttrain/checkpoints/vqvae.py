@@ -32,6 +32,7 @@ from varianttrain.checkpoints.files import (
     sub_state,
 )
 from varianttrain.config_io import from_dict, to_dict
+from varianttrain.models.build import empty_model
 from varianttrain.models.vqvae import VQVAE, VQVAEConfig
 
 VQVAE_EXPORT_FORMAT = "varianttrain-vqvae"  # "format" entry of the JSON written next to an exported VQVAE
@@ -89,8 +90,9 @@ def load_vqvae_weights(model: nn.Module, source: str | Path | Mapping[str, Any])
 def load_vqvae(path: Path, patch_nums: Sequence[int], ch: int | None = None,
                device: torch.device | str = "cpu") -> VQVAE:
     """The frozen VQVAE of `path`; width, vocabulary, channels and `ch_mult` are read off the weights (`ch` only
-    when given), the pyramid `patch_nums` is the caller's (a state dict does not record it)."""
-    state = extract_vqvae_state_dict(read_file(path), str(path))
+    when given), the pyramid `patch_nums` is the caller's (a state dict does not record it). Built without random
+    init (`models.build.empty_model`) from the memory-mapped file: every value is loaded strictly right after."""
+    state = extract_vqvae_state_dict(read_file(path, mmap=True), str(path))
     codebook = state["quantize.embedding.weight"]
     ch = ch or int(state["encoder.conv_in.weight"].shape[0])
     # The blocks of encoder level i output ch * ch_mult[i] channels, so the multipliers follow from those widths.
@@ -98,9 +100,9 @@ def load_vqvae(path: Path, patch_nums: Sequence[int], ch: int | None = None,
     ch_mult = tuple(int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) // ch for i in levels)
     config = VQVAEConfig(vocab_size=int(codebook.shape[0]), z_channels=int(codebook.shape[1]), ch=ch,
                          patch_nums=tuple(patch_nums), ch_mult=ch_mult)
-    vqvae = VQVAE(config)
+    vqvae = empty_model(lambda: VQVAE(config), device)
     load_vqvae_weights(vqvae, state)
-    return vqvae.freeze().to(device)
+    return vqvae.freeze()
 
 
 def save_vqvae_export(path: str | Path, state: Mapping[str, torch.Tensor], config: VQVAEConfig,

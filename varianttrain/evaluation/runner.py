@@ -56,7 +56,7 @@ from varianttrain.evaluation.uncertainty import (
     row_differences,
     row_noise,
 )
-from varianttrain.evaluation.weights import EmptyInit, Fingerprints, build_var
+from varianttrain.evaluation.weights import Fingerprints, build_var
 from varianttrain.methods.registry import build_method
 from varianttrain.methods.spec import MethodOptions
 from varianttrain.models.var import VAR
@@ -132,8 +132,7 @@ def load_models(pre: Preflight, cfg: EvalConfig, device: torch.device) -> tuple[
             if key not in by_file:
                 by_file[key] = build_var(w.config, w.state, device)
             models[role] = by_file[key]
-        with EmptyInit():  # every value is loaded strictly right after construction
-            vqvae = load_vqvae(pre.vqvae.path, pre.model_config.patch_nums, cfg.model.vqvae_ch, device)
+        vqvae = load_vqvae(pre.vqvae.path, pre.model_config.patch_nums, cfg.model.vqvae_ch, device)
     except CheckpointError as err:
         raise EvalInputError(str(err)) from err
     return models, vqvae

@@ -4,7 +4,6 @@
   pre-flight checks can read shapes and metadata of an 8 GB file in milliseconds and without memory.
 * `build_var`: the VAR of a state dict, built without random initialisation (`models.build.empty_model`: every
   value is overwritten by the strict load that follows) directly on its device, then loaded from the mapped tensors.
-* `EmptyInit`: the same for a constructor that is called inside a loader (the VQVAE's `load_vqvae`).
 * `Fingerprints`: SHA-256 of weight files, cached by (path, size, mtime, inode) so a rerun does not hash 8 GB again.
   The hash is what names a row's weights in the report and what ties a sample folder to the weights that made it.
 """
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from varianttrain.checkpoints import CheckpointError, load_var_weights
 from varianttrain.checkpoints.files import read_file
@@ -28,20 +26,6 @@ from varianttrain.models.build import empty_model
 from varianttrain.models.var import VAR, VARConfig
 
 HASH_CHUNK = 8 << 20
-
-
-class EmptyInit(TorchFunctionMode):
-    """Skip `torch.nn.init` while modules are constructed: their parameters stay uninitialised memory.
-
-    Only for models whose every parameter and buffer is then loaded strictly (`build_var`): a random init of a
-    2-billion-parameter model costs minutes of CPU and is overwritten at once.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__module__", None) == "torch.nn.init":
-            return kwargs.get("tensor", args[0] if args else None)
-        return func(*args, **kwargs)
 
 
 def open_weights(path: Path) -> Any:
