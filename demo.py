@@ -1,7 +1,7 @@
 """The built-in demo (README's main command): real small models, the whole system, a laptop CPU, minutes.
 
     python demo.py            # ~4 min on 2 CPU cores: data -> checksums -> VARiant fine-tune -> eval --mode all
-    python demo.py --quick    # smoke run of every stage (~20 s)
+    python demo.py --quick    # smoke run of every stage (~2 min on a fresh clone, most of it tokenising once)
 
 1. generates the procedural 10-class demo data set under data/demo when missing (deterministic, reused);
 2. checks the shipped demo models in checkpoints/demo/ against SHA256SUMS (tokenizer, VAR, classifier);
