@@ -1,6 +1,6 @@
 """The built-in demo (README's main command): real small models, the whole system, a laptop CPU, minutes.
 
-    python demo.py            # ~4 min on 2 CPU cores: data -> checksums -> VARiant fine-tune -> eval --mode all
+    python demo.py            # ~7-8 min on 2 CPU cores: data -> checksums -> VARiant fine-tune -> eval --mode all
     python demo.py --quick    # smoke run of every stage (~2 min on a fresh clone, most of it tokenising once)
 
 1. generates the procedural 10-class demo data set under data/demo when missing (deterministic, reused);
@@ -11,7 +11,7 @@
    downloaded here; real runs keep using Inception) and CPU latency;
 5. prints the side-by-side table and saves it with the Pareto plot under a fresh runs/demo/<NNN>/.
 
-Nothing is downloaded and no earlier demo run is overwritten. Details and measured results (232-240 s for the main
+Nothing is downloaded and no earlier demo run is overwritten. Details and measured results (411 s for the main
 command on a 2-core VM): docs/DEMO.md.
 """
 
