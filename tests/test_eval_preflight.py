@@ -157,7 +157,8 @@ def test_help_lists_methods_protocols_and_presets():
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=300)
     assert done.returncode == 0
     for needle in ("variant    [model.supernet]", "code       [model.base + model.refiner]", "depthvar", "official",
-                   "top-k 600", "eval_d30.yaml", "demo/eval.yaml", "--supernet", "--print-config"):
+                   "top-k 600", "temperature 1.1 on the first 7 scales, then 1.0", "temperature 1.0\n", "eval_d30.yaml",
+                   "demo/eval.yaml", "--supernet", "--print-config"):
         assert needle in done.stdout, needle
 
 

@@ -64,7 +64,10 @@ def epilog() -> str:
     lines.append("protocols (--protocol):")
     for name in ("official", "code"):
         s = SamplingConfig.preset(name)
-        lines.append(f"  {name:10s} cfg {s.cfg}, top-k {s.top_k}, top-p {s.top_p}, temperature {list(s.temperature)}")
+        temps = sorted(set(s.temperature))
+        temp = ("1.0" if not temps else f"{temps[0]} on the first {len(s.temperature)} scales, then 1.0"
+                if len(temps) == 1 else f"{list(s.temperature)} per scale, then 1.0")
+        lines.append(f"  {name:10s} cfg {s.cfg}, top-k {s.top_k}, top-p {s.top_p}, temperature {temp}")
     lines.append("presets (--config NAME, looked up in configs/):")
     for path in sorted(CONFIGS.glob("eval*.yaml")) + sorted(CONFIGS.glob("*/eval*.yaml")):
         first = path.read_text().splitlines()[0].lstrip("# ")
