@@ -19,11 +19,11 @@ from varianttrain.demo.artifacts import (
     SUMS_FILE,
     VQVAE_FILE,
     load_demo_models,
-    sha256_file,
     tokenize_demo,
     var_file,
     verify_sums,
 )
+from varianttrain.file_hash import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 CKPT = REPO / "checkpoints" / "demo"

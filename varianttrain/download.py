@@ -19,7 +19,6 @@ files, and their "file missing" errors name the command of this module that fetc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
@@ -29,6 +28,8 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from varianttrain.file_hash import sha256_file
 
 HF_REPO = "FoundationVision/var"
 DEFAULT_DEST = Path("checkpoints")  # relative to the working directory, like every path in configs/
@@ -135,14 +136,6 @@ def human(n: int | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- checking
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_digest(entry: ReleaseFile, digest: str) -> str | None:
     """None when `digest` agrees with what is known of the file, else the reason."""
     if entry.sha256 and digest != entry.sha256:
@@ -238,7 +231,7 @@ def fetch_url(entry: ReleaseFile, dest: Path, url: str | None = None, timeout: f
     if total is not None and size != total:
         raise DownloadError(f"transfer of {entry.filename} stopped at {size} of {total} bytes; run the same "
                             "command again to resume.")
-    digest = sha256_of(part)
+    digest = sha256_file(part)
     problem = check_digest(entry, digest)
     if problem:
         part.unlink()  # a corrupt file must not be resumed either

@@ -14,7 +14,6 @@ trained on come from the *shipped* (float16-rounded) tokenizer, so training and 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from varianttrain.demo import DEMO_CHECKPOINTS, DEMO_DATA, DEMO_TOKENS
+from varianttrain.file_hash import sha256_file
 
 VQVAE_FILE, CLASSIFIER_FILE, SUMS_FILE = "vqvae.pth", "classifier.pt", "SHA256SUMS"
 TOKENS_SOURCE = "source.json"
@@ -47,14 +47,6 @@ def half_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """float16 copies of the floating-point tensors (integer buffers unchanged), contiguous, on the CPU."""
     return {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
             for k, v in state.items()}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shipped_files(ckpt_dir: str | Path = DEMO_CHECKPOINTS) -> list[Path]:
@@ -396,5 +388,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["DemoModels", "half_state", "load_demo_models", "measure_classifier", "measure_tokenizer",
-           "run_checkpoint", "sha256_file", "ship_classifier", "ship_tokenizer", "ship_var", "tokenize_demo",
+           "run_checkpoint", "ship_classifier", "ship_tokenizer", "ship_var", "tokenize_demo",
            "verify_sums", "write_sums"]

@@ -111,8 +111,9 @@ def planned_depths(opts: DemoOptions) -> tuple[int, ...]:
 def prepare_inputs(opts: DemoOptions, log: Callable[[str], None] = _log) -> tuple[Path, Path]:
     """Data, checksums, tokens and FID reference statistics; returns (tokens dir, reference stats npz)."""
     from varianttrain.checkpoints import load_demo_extractor
-    from varianttrain.demo.artifacts import CLASSIFIER_FILE, VQVAE_FILE, sha256_file, tokenize_demo, verify_sums
+    from varianttrain.demo.artifacts import CLASSIFIER_FILE, VQVAE_FILE, tokenize_demo, verify_sums
     from varianttrain.demo.class_accuracy import reference_stats
+    from varianttrain.file_hash import sha256_file
 
     problems = verify_sums(opts.ckpt_dir)
     if problems:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -22,10 +21,9 @@ import torch
 
 from varianttrain.checkpoints import CheckpointError, load_var_weights
 from varianttrain.checkpoints.files import read_file
+from varianttrain.file_hash import sha256_file
 from varianttrain.models.build import empty_model
 from varianttrain.models.var import VAR, VARConfig
-
-HASH_CHUNK = 8 << 20
 
 
 def open_weights(path: Path) -> Any:
@@ -48,17 +46,6 @@ def build_var(config: VARConfig, state: Mapping[str, torch.Tensor], device: torc
 
 
 # ----------------------------------------------------------------------------------------------- fingerprints
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    """SHA-256 of a file; `progress(bytes)` is called after every chunk."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    return digest.hexdigest()
-
-
 class Fingerprints:
     """SHA-256 of files, cached in a JSON file by resolved path, size, modification time and inode.
 

@@ -22,6 +22,7 @@ import torchmetrics
 from torch import nn
 
 from varianttrain.checkpoints import load_var_weights, load_vqvae_weights
+from varianttrain.file_hash import cached_sha256
 from varianttrain.losses import per_scale_mean, token_cross_entropy, var_loss
 from varianttrain.models.build import empty_model
 from varianttrain.models.depth_plan import DepthPlan, layer_subset
@@ -32,7 +33,6 @@ from varianttrain.sampling.rng import TokenRNG
 from varianttrain.sampling.sampler import StaticPlanMethod, generate
 from varianttrain.training.config import SupernetRunConfig
 from varianttrain.training.optim import VARSchedule, build_optimizer
-from varianttrain.training.preflight import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class SupernetModule(L.LightningModule):
         if mcfg.vqvae_checkpoint:
             self.vqvae = empty_model(lambda: VQVAE(mcfg.vqvae))
             load_vqvae_weights(self.vqvae, mcfg.vqvae_checkpoint)
-            self.vqvae_sha256 = file_sha256(mcfg.vqvae_checkpoint)
+            self.vqvae_sha256 = cached_sha256(mcfg.vqvae_checkpoint)
         else:
             self.vqvae = VQVAE(mcfg.vqvae)
             log.warning("model.vqvae_checkpoint is null: the VQVAE has random weights (smoke tests only); it is "

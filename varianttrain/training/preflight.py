@@ -10,10 +10,8 @@ validation data (present and not empty), the accelerator (a GPU run on a machine
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from varianttrain.checkpoints import CheckpointError
 from varianttrain.checkpoints.var import check_var_file
 from varianttrain.checkpoints.vqvae import check_vqvae_file
 from varianttrain.data.checks import data_problems
+from varianttrain.file_hash import cached_sha256
 
 GB = 1e9
 
@@ -34,21 +33,6 @@ class PreflightError(RuntimeError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"cannot start: {len(problems)} problem(s)\n{lines}")
-
-
-@lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, computed once per process for an unchanged file."""
-    st = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def checkpoint_bytes(cfg: Any) -> int | None:
@@ -93,9 +77,10 @@ def weights_problems(cfg: Any, resuming: bool, saved_vqvae_sha256: str | None) -
         except CheckpointError as err:
             problems.append(f"model.vqvae_checkpoint: {err}")
         else:
-            if resuming and saved_vqvae_sha256 and file_sha256(model.vqvae_checkpoint) != saved_vqvae_sha256:
+            found = cached_sha256(model.vqvae_checkpoint) if resuming and saved_vqvae_sha256 else None
+            if found is not None and found != saved_vqvae_sha256:
                 problems.append(f"model.vqvae_checkpoint: {model.vqvae_checkpoint} is not the VQVAE this run was "
-                                f"trained with (SHA-256 {file_sha256(model.vqvae_checkpoint)[:12]}..., the checkpoint "
+                                f"trained with (SHA-256 {found[:12]}..., the checkpoint "
                                 f"recorded {saved_vqvae_sha256[:12]}...); point it at the original file")
     return problems
 
