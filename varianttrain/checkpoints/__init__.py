@@ -33,6 +33,7 @@ from varianttrain.checkpoints.var import (
     load_var,
     load_var_weights,
     load_var_with_metadata,
+    var_config_from_state,
 )
 from varianttrain.checkpoints.vqvae import (
     VQVAE_EXPORT_FORMAT,
@@ -62,6 +63,7 @@ __all__ = [
     "load_exported_var",
     "load_exported_vqvae",
     "load_var",
+    "var_config_from_state",
     "load_var_weights",
     "load_var_with_metadata",
     "load_vqvae",

@@ -149,20 +149,26 @@ def load_var_weights(model: nn.Module, source: str | Path | Mapping[str, Any], p
     model.load_state_dict(state, strict=True)
 
 
-def load_var(path: Path, patch_nums: Sequence[int], device: torch.device | str = "cpu", ema: bool = False) -> VAR:
-    """A frozen eval-mode VAR built from what its checkpoint says (depth, width, heads, classes, vocab) and
-    `patch_nums` (a state dict does not record the pyramid, only its token count, which must agree)."""
-    state = extract_var_state_dict(read_file(path), str(path), prefer_ema=ema)
+def var_config_from_state(state: Mapping[str, torch.Tensor], patch_nums: Sequence[int],
+                          source: str = "state dict") -> VARConfig:
+    """The inference config of a VAR state dict: depth, width, heads, classes, vocabulary and options as the
+    weights say, the pyramid `patch_nums` from the caller (a state dict records only its token count, which must
+    agree: CheckpointError otherwise)."""
     info = inspect_var_state_dict(state)
     tokens = sum(p * p for p in patch_nums)
     if tokens != info.num_tokens:
-        raise CheckpointError(f"{path} has {info.num_tokens} token positions but model.patch_nums {list(patch_nums)} "
+        raise CheckpointError(f"{source} has {info.num_tokens} token positions but model.patch_nums {list(patch_nums)} "
                               f"gives {tokens}; set model.patch_nums to the pyramid the model was trained with")
-    config = VARConfig(depth=info.depth, embed_dim=info.width, num_heads=info.num_heads or info.depth,
-                       num_classes=info.num_classes, vocab_size=info.vocab_size, z_channels=info.z_channels,
-                       patch_nums=tuple(patch_nums), shared_aln=info.shared_aln, drop_path_rate=0.0,
-                       attn_l2_norm="blocks.0.attn.scale_mul_1H11" in state)
-    var = VAR(config)
+    return VARConfig(depth=info.depth, embed_dim=info.width, num_heads=info.num_heads or info.depth,
+                     num_classes=info.num_classes, vocab_size=info.vocab_size, z_channels=info.z_channels,
+                     patch_nums=tuple(patch_nums), shared_aln=info.shared_aln, drop_path_rate=0.0,
+                     attn_l2_norm="blocks.0.attn.scale_mul_1H11" in state)
+
+
+def load_var(path: Path, patch_nums: Sequence[int], device: torch.device | str = "cpu", ema: bool = False) -> VAR:
+    """A frozen eval-mode VAR built from what its checkpoint says (`var_config_from_state`)."""
+    state = extract_var_state_dict(read_file(path), str(path), prefer_ema=ema)
+    var = VAR(var_config_from_state(state, patch_nums, str(path)))
     load_var_weights(var, state)
     return var.to(device).eval().requires_grad_(False)
 

@@ -87,19 +87,26 @@ def load_vqvae_weights(model: nn.Module, source: str | Path | Mapping[str, Any])
     model.load_state_dict(state, strict=True)
 
 
+def vqvae_config_from_state(state: Mapping[str, torch.Tensor], patch_nums: Sequence[int],
+                            ch: int | None = None) -> VQVAEConfig:
+    """The config of a VQVAE state dict: vocabulary and code width from the codebook, `ch` from the first convolution
+    (unless given), `ch_mult` from the encoder levels' widths; the pyramid `patch_nums` is the caller's."""
+    codebook = state["quantize.embedding.weight"]
+    ch = ch or int(state["encoder.conv_in.weight"].shape[0])
+    # The blocks of encoder level i output ch * ch_mult[i] channels, so the multipliers follow from those widths.
+    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
+    ch_mult = tuple(int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) // ch for i in levels)
+    return VQVAEConfig(vocab_size=int(codebook.shape[0]), z_channels=int(codebook.shape[1]), ch=ch,
+                       patch_nums=tuple(patch_nums), ch_mult=ch_mult)
+
+
 def load_vqvae(path: Path, patch_nums: Sequence[int], ch: int | None = None,
                device: torch.device | str = "cpu") -> VQVAE:
     """The frozen VQVAE of `path`; width, vocabulary, channels and `ch_mult` are read off the weights (`ch` only
     when given), the pyramid `patch_nums` is the caller's (a state dict does not record it). Built without random
     init (`models.build.empty_model`) from the memory-mapped file: every value is loaded strictly right after."""
     state = extract_vqvae_state_dict(read_file(path, mmap=True), str(path))
-    codebook = state["quantize.embedding.weight"]
-    ch = ch or int(state["encoder.conv_in.weight"].shape[0])
-    # The blocks of encoder level i output ch * ch_mult[i] channels, so the multipliers follow from those widths.
-    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
-    ch_mult = tuple(int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) // ch for i in levels)
-    config = VQVAEConfig(vocab_size=int(codebook.shape[0]), z_channels=int(codebook.shape[1]), ch=ch,
-                         patch_nums=tuple(patch_nums), ch_mult=ch_mult)
+    config = vqvae_config_from_state(state, patch_nums, ch)
     vqvae = empty_model(lambda: VQVAE(config), device)
     load_vqvae_weights(vqvae, state)
     return vqvae.freeze()

@@ -24,8 +24,8 @@ from varianttrain.checkpoints import (
     EXPORT_FORMAT,
     CheckpointError,
     extract_var_state_dict,
-    inspect_var_state_dict,
     var_config_from_metadata,
+    var_config_from_state,
 )
 from varianttrain.checkpoints.files import mismatch_report
 from varianttrain.checkpoints.vqvae import extract_vqvae_state_dict
@@ -158,16 +158,7 @@ def inspect_weights(role: str, path: Path, model_cfg: ModelSection, problems: li
                 model = (entry.get("config") or {}).get("model") or {}
                 patch_nums = tuple(model.get("patch_nums") or patch_nums)
                 vqvae_hint = model.get("vqvae_checkpoint")
-            info = inspect_var_state_dict(state)
-            tokens = sum(p * p for p in patch_nums)
-            if tokens != info.num_tokens:
-                problems.append(f"{path} has {info.num_tokens} token positions but patch_nums {list(patch_nums)} give "
-                                f"{tokens}; set model.patch_nums to the pyramid the model was trained with")
-                return None
-            config = VARConfig(depth=info.depth, embed_dim=info.width, num_heads=info.num_heads or info.depth,
-                               num_classes=info.num_classes, vocab_size=info.vocab_size, z_channels=info.z_channels,
-                               patch_nums=patch_nums, shared_aln=info.shared_aln, drop_path_rate=0.0,
-                               attn_l2_norm="blocks.0.attn.scale_mul_1H11" in state)
+            config = var_config_from_state(state, patch_nums, str(path))
     except CheckpointError as err:
         problems.append(f"{key}: {err}")
         return None
