@@ -10,6 +10,7 @@ import torch
 from helpers_training import REPO_ROOT, SMOKE_CONFIG, subprocess_env, tiny_overrides
 from peak_rss import run_with_peak_rss
 
+import varianttrain.paths
 from varianttrain.tasks import TASKS
 from varianttrain.training import preflight
 from varianttrain.training.preflight import check_training_inputs, checkpoint_bytes
@@ -71,7 +72,8 @@ def test_read_only_run_root_is_a_problem(tmp_path):
 def test_read_only_run_root_is_detected_through_access(tmp_path, monkeypatch):
     """The same check with the permission answer faked, so it also runs as root (CI containers)."""
     real_access = os.access
-    monkeypatch.setattr(preflight.os, "access", lambda p, mode: False if "runs" in str(p) else real_access(p, mode))
+    monkeypatch.setattr(varianttrain.paths.os, "access",
+                        lambda p, mode: False if "runs" in str(p) else real_access(p, mode))
     (tmp_path / "runs").mkdir()
     _, cfg = load_run_config(SMOKE_CONFIG, tiny_overrides(tmp_path), tasks=TASKS)
     assert any("is not writable" in p for p in check_training_inputs(cfg))

@@ -8,11 +8,8 @@ A missing file that the downloader knows is reported with the command that fetch
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ from varianttrain.evaluation.budget_facts import SupernetFacts, facts_from_expor
 from varianttrain.evaluation.config import MetricsSection, ModelSection
 from varianttrain.evaluation.weights import open_weights
 from varianttrain.models.var import VAR, VARConfig
+from varianttrain.paths import output_folder_problem
 
 FLAGS = {"base": "--base", "supernet": "--supernet", "refiner": "--refiner", "vqvae": "--vqvae"}
 WHAT = {"base": "base model (the released VAR the training-free methods run on)",
@@ -338,22 +336,8 @@ def _check_ref_folder(path: Path, problems: list[str]) -> None:
 # ------------------------------------------------------------------------------------------------------- output
 def check_output_dir(run_dir: Path, problems: list[str], bytes_needed: int = 0) -> None:
     """The run folder can be created and written, and (roughly) holds what the run will write."""
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        problems.append(f"output folder {run_dir}: {existing} exists and is not a folder; choose another --out")
-        return
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".eval-write-test-", dir=existing)
-        try:
-            os.write(fd, b"x")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as err:
-        why = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-               errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}.get(err.errno, str(err))
+    existing, why = output_folder_problem(run_dir)
+    if why is not None:
         problems.append(f"output folder {run_dir} cannot be written ({existing}: {why}); choose another with --out")
         return
     free = shutil.disk_usage(existing).free

@@ -10,7 +10,6 @@ validation data (present and not empty), the accelerator (a GPU run on a machine
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from varianttrain.checkpoints.var import check_var_file
 from varianttrain.checkpoints.vqvae import check_vqvae_file
 from varianttrain.data.checks import data_problems
 from varianttrain.file_hash import cached_sha256
+from varianttrain.paths import output_folder_problem
 
 GB = 1e9
 
@@ -49,15 +49,6 @@ def checkpoint_bytes(cfg: Any) -> int | None:
         vqvae = 0 if model.vqvae_checkpoint else sum(t.numel() for t in VQVAE(model.vqvae).state_dict().values())
     per_param = 4 + 8 + (4 if getattr(getattr(cfg, "ema", None), "enabled", False) else 0)
     return params * per_param + 4 * vqvae
-
-
-def _writable_root(path: Path) -> Path | None:
-    """The nearest existing folder at or above `path` (where the run folder will be created)."""
-    path = path.resolve()
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return None
 
 
 def weights_problems(cfg: Any, resuming: bool, saved_vqvae_sha256: str | None) -> list[str]:
@@ -100,12 +91,10 @@ def accelerator_problems(cfg: Any) -> list[str]:
 def output_problems(cfg: Any, resuming_dir: Path | None) -> list[str]:
     """The run folder can be written, and has room for at least two checkpoints."""
     target = resuming_dir if resuming_dir is not None else Path(cfg.run.root) / cfg.run.name
-    root = _writable_root(target)
-    if root is None or not root.is_dir():
-        return [f"run.root={cfg.run.root!r}: {target} cannot be created (a path above it is a "
-                f"file, not a folder); choose another --set run.root"]
-    if not os.access(root, os.W_OK | os.X_OK):
-        return [f"run.root={cfg.run.root!r}: {root} is not writable by this user; choose another --set run.root"]
+    root, why = output_folder_problem(target)
+    if why is not None:
+        return [f"run.root={cfg.run.root!r}: {target} cannot be created in {root}: {why}; choose another --set "
+                "run.root"]
     need = checkpoint_bytes(cfg)
     if need is not None:
         free = shutil.disk_usage(root).free
