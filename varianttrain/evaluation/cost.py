@@ -1,10 +1,14 @@
 """Cost of a method: latency (model-only and end-to-end), images/s, peak memory, KV-cache bytes, FLOPs.
 
 Protocol (docs/REFERENCES.md E3: fixed conditions, so speed-ups reproduce): for every batch size, `warmup` untimed
-sampling calls, then `repeats` timed calls of ``generate(decode=False)`` (model-only: transformer + sampling, VQVAE
-decode excluded) and `repeats` timed calls of ``generate(decode=True)`` (end-to-end, uint8 conversion excluded). The
-median is reported (robust to a stray slow call), the mean and min are kept. Timing uses CUDA events with a synchronize
-on GPU and `time.perf_counter` on CPU. Labels are ``arange(B) % classes``, seeds fixed.
+sampling calls of every method, then `repeats` rounds; each round times one ``generate(decode=False)`` call
+(model-only: transformer + sampling, VQVAE decode excluded) and one ``generate(decode=True)`` call (end-to-end, uint8
+conversion excluded) of every method, the order rotated from round to round. Interleaving matters on a shared machine:
+a slow minute (another job, a thermal step) then hits every method of a round alike, so the ratio of two methods'
+medians (the reported speedup) moves far less than their absolute times; timing one method after the other lets it
+land on one of them only. The median is reported (robust to a stray slow call); the mean, the min and every round's
+time are kept (`*_rounds`, in round order, so that paired per-round ratios can be formed). Timing uses CUDA events
+with a synchronize on GPU and `time.perf_counter` on CPU. Labels are ``arange(B) % classes``, seeds fixed.
 
 Peak memory = the bytes of parameters and buffers of the models the method uses (its VAR, CoDe's refiner too,
 and the VQVAE) + the peak of tensor memory allocated on top of them during one end-to-end call:
@@ -58,6 +62,8 @@ class CostRow:
     flops_per_image: float
     warmup: int
     repeats: int
+    model_s_rounds: list[float]  # every timed call, in round order (rounds are shared by all methods of a run)
+    e2e_s_rounds: list[float]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,51 +130,124 @@ def _cpu_peak_bytes(fn) -> int:
     return peak
 
 
+@dataclass
+class TimedMethod:
+    """One method to time: its name, the VAR it samples with, the method, and further models it runs (CoDe's
+    refiner), whose weights count in its peak memory."""
+
+    name: str
+    var: VAR
+    method: SamplingMethod
+    extra_models: Sequence[torch.nn.Module] = ()
+
+
+def measure_costs(entries: Sequence[TimedMethod], vqvae: torch.nn.Module, sampling: SamplingConfig,
+                  batch_sizes: Sequence[int] = (1, 16, 64), warmup: int = 3, repeats: int = 10,
+                  device: torch.device | str = "cpu", seed: int = 0) -> dict[str, list[CostRow]]:
+    """Latency, throughput, memory, KV bytes and FLOPs of every entry at each batch size, timed in interleaved
+    rounds (module docstring); returns {entry name: one CostRow per batch size}."""
+    device = torch.device(device)
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"cost: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if len({e.name for e in entries}) != len(entries):
+        raise ValueError(f"cost: entry names must be unique, got {[e.name for e in entries]}")
+    out: dict[str, list[CostRow]] = {e.name: [] for e in entries}
+    last: dict[str, SampleOutput] = {}
+
+    def call(entry: TimedMethod, labels: torch.Tensor, decode: bool) -> None:
+        rng = TokenRNG.per_image([seed + i for i in range(labels.shape[0])], device=device)
+        last[entry.name] = generate(entry.var, vqvae, labels, sampling, rng, method=entry.method, decode=decode)
+
+    for B in batch_sizes:
+        labels = torch.arange(B, device=device) % entries[0].var.num_classes if entries else None
+        for entry in entries:
+            for _ in range(warmup):
+                call(entry, labels, True)
+        model_t: dict[str, list[float]] = {e.name: [] for e in entries}
+        e2e_t: dict[str, list[float]] = {e.name: [] for e in entries}
+        for r in range(repeats):
+            order = list(entries[r % len(entries):]) + list(entries[:r % len(entries)])
+            for entry in order:
+                model_t[entry.name].append(_timed(lambda: call(entry, labels, False), device))  # noqa: B023
+            for entry in order:
+                e2e_t[entry.name].append(_timed(lambda: call(entry, labels, True), device))  # noqa: B023
+        for entry in entries:
+            out[entry.name].append(_row(entry, vqvae, labels, device, call, last, model_t[entry.name],
+                                        e2e_t[entry.name], warmup))
+    return out
+
+
+def _row(entry: TimedMethod, vqvae: torch.nn.Module, labels: torch.Tensor, device: torch.device, call, last,
+         model_t: list[float], e2e_t: list[float], warmup: int) -> CostRow:
+    """The CostRow of one entry at one batch size: the timings, then one more call for the memory peak."""
+    B = labels.shape[0]
+    weights = _module_bytes(entry.var, vqvae, *entry.extra_models)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
+        call(entry, labels, True)
+        torch.cuda.synchronize(device)
+        peak = weights + int(torch.cuda.max_memory_allocated(device)) - resident
+        kind = "cuda: weights of the models used + max_memory_allocated above the resident tensors"
+    else:
+        peak = weights + _cpu_peak_bytes(lambda: call(entry, labels, True))
+        kind = "cpu: weights of the models used + profiler peak of live tensors"
+    out = last[entry.name]
+    e2e = statistics.median(e2e_t)
+    return CostRow(
+        method=entry.name, batch_size=B, device=str(device),
+        model_s=statistics.median(model_t), e2e_s=e2e, model_s_mean=statistics.fmean(model_t),
+        e2e_s_mean=statistics.fmean(e2e_t), model_s_min=min(model_t), e2e_s_min=min(e2e_t),
+        images_per_s=B / e2e if e2e > 0 else float("inf"), peak_memory_bytes=peak, peak_memory_kind=kind,
+        kv_cache_bytes=int(out.kv_cache_bytes), kv_cache_bytes_by_model=[int(b) for b in out.kv_cache_bytes_by_model],
+        flops=int(out.flops), flops_per_image=out.flops / B, warmup=warmup, repeats=len(model_t),
+        model_s_rounds=list(model_t), e2e_s_rounds=list(e2e_t))
+
+
 def measure_cost(var: VAR, vqvae: torch.nn.Module, method: SamplingMethod, sampling: SamplingConfig,
                  batch_sizes: Sequence[int] = (1, 16, 64), warmup: int = 3, repeats: int = 10,
                  device: torch.device | str = "cpu", seed: int = 0,
                  extra_models: Sequence[torch.nn.Module] = ()) -> list[CostRow]:
-    """Latency, throughput, memory, KV bytes and FLOPs of `method` at each batch size.
+    """`measure_costs` of a single method."""
+    entry = TimedMethod(getattr(method, "name", "?"), var, method, extra_models)
+    return measure_costs([entry], vqvae, sampling, batch_sizes, warmup, repeats, device, seed)[entry.name]
 
-    `extra_models`: further models the method runs (CoDe's refiner); their weights count in its peak memory.
+
+def block_time_share(var: VAR, vqvae: torch.nn.Module, sampling: SamplingConfig, batch_size: int, repeats: int = 3,
+                     device: torch.device | str = "cpu", seed: int = 0) -> float:
+    """Fraction of the full model's model-only sampling time spent inside its transformer blocks.
+
+    Measured with forward hooks around every block in calls of their own (the hooks cost a little, and on a GPU they
+    synchronize, so these calls are not the latency figures); the median over `repeats` calls. It says whether
+    layer skipping can pay off at this batch size: the head, the sampling and the Python around the blocks are not
+    skipped by any method.
     """
     device = torch.device(device)
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"cost: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    rows = []
-    last: dict[str, SampleOutput] = {}
+    inside = [0.0]
+    started: list[float] = []
 
-    def call(labels: torch.Tensor, decode: bool) -> None:
-        rng = TokenRNG.per_image([seed + i for i in range(labels.shape[0])], device=device)
-        last["out"] = generate(var, vqvae, labels, sampling, rng, method=method, decode=decode)
+    def now() -> float:
+        if device.type == "cuda":  # kernels run asynchronously: wait for the block's work to end
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
 
-    for B in batch_sizes:
-        labels = torch.arange(B, device=device) % var.num_classes
-        for _ in range(warmup):
-            call(labels, True)
-        model_t = [_timed(lambda: call(labels, False), device) for _ in range(repeats)]  # noqa: B023 - used at once
-        e2e_t = [_timed(lambda: call(labels, True), device) for _ in range(repeats)]  # noqa: B023
-        weights = _module_bytes(var, vqvae, *extra_models)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            resident = torch.cuda.memory_allocated(device)
-            call(labels, True)
-            torch.cuda.synchronize(device)
-            peak = weights + int(torch.cuda.max_memory_allocated(device)) - resident
-            kind = "cuda: weights of the models used + max_memory_allocated above the resident tensors"
-        else:
-            peak = weights + _cpu_peak_bytes(lambda: call(labels, True))  # noqa: B023
-            kind = "cpu: weights of the models used + profiler peak of live tensors"
-        out = last["out"]
-        e2e = statistics.median(e2e_t)
-        rows.append(CostRow(
-            method=getattr(method, "name", "?"), batch_size=B, device=str(device),
-            model_s=statistics.median(model_t), e2e_s=e2e, model_s_mean=statistics.fmean(model_t),
-            e2e_s_mean=statistics.fmean(e2e_t), model_s_min=min(model_t), e2e_s_min=min(e2e_t),
-            images_per_s=B / e2e if e2e > 0 else float("inf"), peak_memory_bytes=peak, peak_memory_kind=kind,
-            kv_cache_bytes=int(out.kv_cache_bytes),
-            kv_cache_bytes_by_model=[int(b) for b in out.kv_cache_bytes_by_model],
-            flops=int(out.flops), flops_per_image=out.flops / B,
-            warmup=warmup, repeats=repeats))
-    return rows
+    def pre(_module, _args) -> None:
+        started.append(now())
+
+    def post(_module, _args, _out) -> None:
+        inside[0] += now() - started.pop()
+
+    handles = [h for b in var.blocks for h in (b.register_forward_pre_hook(pre), b.register_forward_hook(post))]
+    labels = torch.arange(batch_size, device=device) % var.num_classes
+    shares = []
+    try:
+        for _ in range(repeats + 1):  # the first call warms up
+            inside[0] = 0.0
+            rng = TokenRNG.per_image([seed + i for i in range(batch_size)], device=device)
+            total = _timed(lambda: generate(var, vqvae, labels, sampling, rng, decode=False), device)  # noqa: B023
+            shares.append(inside[0] / total)
+    finally:
+        for h in handles:
+            h.remove()
+    return statistics.median(shares[1:])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,21 @@ def row_name(row: dict[str, Any]) -> str:
     return name
 
 
+def paired_speedup(ref: dict[str, Any], cost: dict[str, Any], kind: str) -> tuple[float | None, list[float] | None]:
+    """(speedup, [speedup of the even rounds, of the odd rounds]) of `cost` over `ref` for `kind` e2e or model.
+
+    When both were timed in the same interleaved rounds (`measure_costs`), the speedup is the median of the per-round
+    ratios ref / row (a slow round slows both); the two half-run figures show how far the printed ratio can move
+    between runs. Otherwise (older reports) the ratio of the medians, without halves.
+    """
+    ref_t, row_t = ref.get(f"{kind}_s_rounds"), cost.get(f"{kind}_s_rounds")
+    if ref_t and row_t and len(ref_t) == len(row_t) and min(row_t) > 0:
+        ratios = [a / b for a, b in zip(ref_t, row_t, strict=True)]
+        halves = [statistics.median(ratios[0::2]), statistics.median(ratios[1::2])] if len(ratios) > 1 else None
+        return statistics.median(ratios), halves
+    return (ref[f"{kind}_s"] / cost[f"{kind}_s"] if cost[f"{kind}_s"] > 0 else None), None
+
+
 def add_speedups(rows: list[dict[str, Any]], reference: str | None) -> None:
     """Fill `speedup` (end-to-end), `speedup_model` of every cost entry and `flops_speedup` of every row from the
     full row `reference` (else the first full row)."""
@@ -130,8 +146,8 @@ def add_speedups(rows: list[dict[str, Any]], reference: str | None) -> None:
     for row in rows:
         for c in row.get("cost") or []:
             ref = full_cost.get(c["batch_size"])
-            c["speedup"] = ref["e2e_s"] / c["e2e_s"] if ref and c["e2e_s"] > 0 else None
-            c["speedup_model"] = ref["model_s"] / c["model_s"] if ref and c["model_s"] > 0 else None
+            for kind, key in (("e2e", "speedup"), ("model", "speedup_model")):
+                c[key], c[f"{key}_halves"] = paired_speedup(ref, c, kind) if ref else (None, None)
         flops = row.get("flops_per_image")
         row["flops_speedup"] = full_flops / flops if full_flops and flops else None
 

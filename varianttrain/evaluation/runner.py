@@ -33,7 +33,7 @@ import torch.distributed as dist
 from varianttrain.checkpoints import CheckpointError, load_demo_extractor, load_vqvae
 from varianttrain.config_io import apply_overrides, from_dict, load_config, to_dict
 from varianttrain.evaluation.config import EvalConfig
-from varianttrain.evaluation.cost import measure_cost
+from varianttrain.evaluation.cost import TimedMethod, measure_costs
 from varianttrain.evaluation.generation import (
     ManifestMismatch,
     barrier,
@@ -441,18 +441,12 @@ def _run(cfg: EvalConfig, device: torch.device, log: Callable[[str], None]) -> d
                 if computed is not None:
                     result.update(computed[0])
                     per_image[row.id] = computed[1]
-        if cfg.cost.enabled and rank == 0:
-            log(f"[eval] {row.id}: timing at batch sizes {list(cfg.cost.batch_sizes)}")
-            extra = [models["refiner"]] if "refiner" in result["weights"] else []
-            costs = measure_cost(var, vqvae, method, sampling, cfg.cost.batch_sizes, cfg.cost.warmup,
-                                 cfg.cost.repeats, device, seed=cfg.generation.seed, extra_models=extra)
-            result["cost"] = [c.to_dict() for c in costs]
-            if result.get("flops_per_image") is None and costs:
-                result["flops_per_image"] = costs[-1].flops_per_image
         if rank == 0 and items:
             result["rng_state_after_image0"] = rng_consumption(var, vqvae, method, sampling, items[0], device)
-        barrier()  # other ranks wait while rank 0 times
         results.append(result)
+    if cfg.cost.enabled and rank == 0:
+        _add_costs(cfg, results, rows, models, methods, vqvae, sampling, device, log)
+    barrier()  # other ranks wait while rank 0 times
 
     main_ref, fidelity_refs = _references(rows)
     if cfg.metrics.fidelity and sampled:
@@ -499,6 +493,24 @@ def _run(cfg: EvalConfig, device: torch.device, log: Callable[[str], None]) -> d
     report["files"] = {k: str(v) for k, v in dataclasses.asdict(paths).items() if Path(v).exists()}
     log(f"[eval] report: {paths.markdown}")
     return report
+
+
+def _add_costs(cfg: EvalConfig, results: list[dict[str, Any]], rows: Sequence[Row], models: dict[str, VAR],
+               methods: dict[str, SamplingMethod], vqvae: torch.nn.Module, sampling, device: torch.device,
+               log: Callable[[str], None]) -> None:
+    """Time every row in interleaved rounds (`measure_costs`: shared rounds keep the speedups steady on a busy
+    machine) and put each row's cost entries into its result."""
+    entries = [TimedMethod(row.id, models[row.weights], methods[row.id],
+                           [models["refiner"]] if "refiner" in result["weights"] else [])
+               for row, result in zip(rows, results, strict=True)]
+    log(f"[eval] timing {len(entries)} rows in {cfg.cost.repeats} interleaved rounds at batch sizes "
+        f"{list(cfg.cost.batch_sizes)}")
+    costs = measure_costs(entries, vqvae, sampling, cfg.cost.batch_sizes, cfg.cost.warmup, cfg.cost.repeats, device,
+                          seed=cfg.generation.seed)
+    for result in results:
+        result["cost"] = [c.to_dict() for c in costs[result["row"]]]
+        if result.get("flops_per_image") is None and costs[result["row"]]:
+            result["flops_per_image"] = costs[result["row"]][-1].flops_per_image
 
 
 def _input_files(cfg: EvalConfig, fingerprints: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -109,11 +109,19 @@ def _label(entry: dict[str, Any]) -> str:
     return text + (f" [{entry['protocol']}]" if entry["protocol"] else "")
 
 
+def times(value: float | None, halves: list[float] | None = None) -> str:
+    """A speedup as '2.31x', with the two half-run figures when known ('2.31x (2.28-2.35)')."""
+    if value is None:
+        return "–"
+    return f"{value:.2f}x" + (f" ({min(halves):.2f}-{max(halves):.2f})" if halves else "")
+
+
 def table(entries: list[dict[str, Any]], metric_kind: str | None) -> list[str]:
     keys = [(k, n) for k, n, _ in FIGURES if any(figure(e["row"], k)[0] is not None for e in entries)]
     names = {"fid": metric_kind or "FID"}
     head = ["row", "budgets", "weights"] + [names.get(k, n) for k, n in keys] + [
-        "GFLOPs/img", "FLOPs / budget", "latency e2e (s)", "batch", "speedup", "peak mem", "status"]
+        "GFLOPs/img", "FLOPs / budget", "batch", "model-only (s)", "end-to-end (s)", "FLOPs speedup",
+        "speedup model-only", "speedup e2e", "peak mem", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = sorted(entries, key=lambda e: (e["row"]["method"] != "full", -(e["row"].get("flops_per_image") or 0)))
     for e in order:
@@ -128,9 +136,10 @@ def table(entries: list[dict[str, Any]], metric_kind: str | None) -> list[str]:
         ratios = ", ".join(f"{fmt(v, '.2f')}x ({b})" for b, v in e["flop_ratios"].items()) \
             if r["method"] != "full" else "reference"
         gflops = r.get("flops_per_image")
-        cells += [fmt(gflops / 1e9 if gflops else None, ".4g"), ratios, fmt(c.get("e2e_s"), ".4f"),
-                  fmt(c.get("batch_size"), "d"), fmt(c.get("speedup"), ".2f") + ("x" if c.get("speedup") else ""),
-                  fmt_bytes(c.get("peak_memory_bytes")),
+        cells += [fmt(gflops / 1e9 if gflops else None, ".4g"), ratios, fmt(c.get("batch_size"), "d"),
+                  fmt(c.get("model_s"), ".4f"), fmt(c.get("e2e_s"), ".4f"), times(r.get("flops_speedup")),
+                  times(c.get("speedup_model"), c.get("speedup_model_halves")),
+                  times(c.get("speedup"), c.get("speedup_halves")), fmt_bytes(c.get("peak_memory_bytes")),
                   (f"over budget ({e['over_budget']:.2f}x)" if "over_budget" in e else r.get("status", "ok"))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -174,7 +183,9 @@ def summarize(paths: Sequence[str | Path], out: Path) -> dict[str, Any]:
              f"{len(reports)} report(s): " + ", ".join(f"`{r['_path']}` ({budget_label(r)})" for r in reports) + ".",
              "", "One line per run: a run reported under several budgets (the same samples) is listed once with "
              "every budget; ⚠ = over budget at one of them (drawn hollow). ± = bootstrap standard error. Latency "
-             "and memory are as measured by each report (compare rows of one machine).", ""]
+             "and memory are as measured by each report (compare rows of one machine): medians per batch; a "
+             "speedup is the median of per-round ratios to the full row timed in the same interleaved rounds, in "
+             "brackets the same figure from the even and the odd rounds alone (how far it moves between runs).", ""]
     lines += table(entries, metric_kind)
     for title, name in plots:
         lines += ["", f"### {title}", "", f"![{title}]({name})"]
