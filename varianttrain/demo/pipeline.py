@@ -8,13 +8,18 @@ Stages (each printed as a banner with the elapsed time; Lightning / eval progres
 2. the shipped models `checkpoints/demo/*` are checked against `SHA256SUMS`;
 3. the demo images are tokenised by the shipped tokenizer (`data/demo_tokens`, reused when up to date) and the
    demo classifier's reference statistics of the real validation images are computed (cached next to them);
-4. the shipped demo VAR is fine-tuned into a VARiant supernet with the 3-phase progressive schedule
-   (`configs/demo/supernet.yaml`, through `varianttrain.training.runner.run`, the code behind train.py, with the
-   same task table `varianttrain.tasks.TASKS`);
-5. the supernet is exported (`varianttrain.export`);
-6. `eval.py --mode all` (`configs/demo/eval.yaml`: demo-classifier FID / IS / class accuracy with their noise) at
-   every depth budget: full and the training-free methods on the shipped VAR, variant on the fine-tuned supernet;
-7. one summary over the budgets (`varianttrain.evaluation.summary`): a table and quality vs FLOPs / latency / memory.
+4. the VARiant fine-tune of the shipped demo VAR (`configs/demo/supernet.yaml`, through
+   `varianttrain.training.runner.run`, the code behind train.py, with the same task table `varianttrain.tasks.TASKS`):
+   its first `FINETUNE_STEPS` steps by default, with the recipe's phases scaled down (the whole recipe takes ~25 min
+   on 2 cores, more than the demo's 10-minute budget); the evaluation then uses the shipped supernet, which is that
+   recipe run to the end (checkpoints/demo/RECIPE.md). `--full-finetune` trains the whole recipe and evaluates it;
+5. the fine-tuned supernet is exported (`varianttrain.export`);
+6. `eval.py --mode all` (`configs/demo/eval.yaml`: demo-classifier FID / IS / class accuracy with their noise, and
+   model-only / end-to-end latency of every row in interleaved rounds) at every depth budget: full and the
+   training-free methods on the shipped VAR (CoDe with the shipped refiner), variant on the supernet;
+7. one summary over the budgets (`varianttrain.evaluation.summary`): a table and quality vs FLOPs / latency / memory,
+   the share of model-only time spent in the transformer blocks, and how much of its FLOP speedup the smallest
+   VARiant subnet turns into time.
 
 Everything lands in a fresh `runs/demo/<NNN>/` (never an existing directory): `supernet/000/` (the training run),
 `export/`, `eval/d<d>/` (eval.py's samples, reports, plot and grid per budget), `summary/` (the summary and its
@@ -29,7 +34,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,11 @@ from varianttrain.demo import DEMO_CHECKPOINTS, DEMO_CONFIGS, DEMO_DATA, DEMO_TO
 
 SUPERNET_CONFIG = DEMO_CONFIGS / "supernet.yaml"
 EVAL_CONFIG = DEMO_CONFIGS / "eval.yaml"
+FINETUNE_STEPS = 30  # the demo's share of the supernet recipe (~1 min on 2 cores); --full-finetune runs all of it
+QUICK_DATA = REPO_ROOT / "data" / "demo_quick"  # --quick works on a small data set of its own (tokenised in seconds)
+QUICK_TOKENS = REPO_ROOT / "data" / "demo_quick_tokens"
+QUICK_PER_CLASS = (20, 10)  # train / validation images per class of the --quick data set
+TIMING_TARGET = 0.8  # issue target: the smallest VARiant subnet turns >= 80 % of its FLOP speedup into model-only time
 
 # --quick: a smoke run of every stage (tests): a few optimizer steps, 2 samples per class, tiny timing.
 QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every_n_steps=4", "trainer.log_every_n_steps=1",
@@ -51,7 +61,8 @@ class DemoOptions:
     """What `python demo.py` does; defaults are the full demo."""
 
     quick: bool = False
-    depths: tuple[int, ...] | None = None  # depth budgets; None = the supernet's depth choices (D/2, D/4)
+    full_finetune: bool = False  # train the whole supernet recipe and evaluate it (else FINETUNE_STEPS + shipped)
+    depths: tuple[int, ...] | None = None  # depth budgets; None = the supernet's depth choices
     out_root: str = str(REPO_ROOT / "runs")  # the run lands in <out_root>/demo/<NNN>
     train_overrides: list[str] = field(default_factory=list)  # extra --set for the fine-tune
     eval_overrides: list[str] = field(default_factory=list)  # extra --set for eval.py
@@ -100,7 +111,7 @@ def _log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ stages
 def planned_depths(opts: DemoOptions) -> tuple[int, ...]:
-    """The depth budgets evaluated by default: the fine-tune's `supernet.depth_choices` (D/2, D/4)."""
+    """The depth budgets evaluated by default: the fine-tune's `supernet.depth_choices`."""
     from varianttrain.tasks import TASKS
     from varianttrain.training.tasks import load_run_config
 
@@ -130,8 +141,17 @@ def prepare_inputs(opts: DemoOptions, log: Callable[[str], None] = _log) -> tupl
     return tokens, ref
 
 
+def short_finetune_overrides(steps: int) -> list[str]:
+    """The recipe's first `steps` steps with its three phases scaled to them (1/6, 1/2, 1/3 of the run, as in
+    configs/demo/supernet.yaml), so that the short run passes through every phase; no validation, one checkpoint."""
+    p1 = max(1, steps // 6)
+    return [f"trainer.max_steps={steps}", f"trainer.ckpt_every_n_steps={steps}", f"supernet.schedule.phase1={p1}",
+            f"supernet.schedule.phase2={max(1, steps // 2)}", "validation.every_n_steps=0",
+            f"trainer.log_every_n_steps={max(1, steps // 6)}", "trainer.progress_refresh=1"]
+
+
 def finetune(opts: DemoOptions, run_dir: Path) -> Path:
-    """The 3-phase supernet fine-tune of the shipped demo VAR; returns its last checkpoint."""
+    """The supernet fine-tune of the shipped demo VAR (short or whole, see DemoOptions); returns its last checkpoint."""
     from varianttrain.demo.artifacts import VQVAE_FILE, var_file
     from varianttrain.tasks import TASKS
     from varianttrain.training.runner import run as train_run
@@ -139,8 +159,11 @@ def finetune(opts: DemoOptions, run_dir: Path) -> Path:
     overrides = [f"run.root={run_dir}", "run.name=supernet", f"data.train_path={opts.tokens_dir}/train",
                  f"data.val_path={opts.tokens_dir}/val", f"model.var_checkpoint={var_file(opts.ckpt_dir)}",
                  f"model.vqvae_checkpoint={Path(opts.ckpt_dir) / VQVAE_FILE}"]
-    overrides += (QUICK_TRAIN if opts.quick else []) + list(opts.train_overrides)
-    code = train_run(SUPERNET_CONFIG, overrides, tasks=TASKS)
+    if opts.quick:
+        overrides += QUICK_TRAIN
+    elif not opts.full_finetune:
+        overrides += short_finetune_overrides(FINETUNE_STEPS)
+    code = train_run(SUPERNET_CONFIG, overrides + list(opts.train_overrides), tasks=TASKS)
     if code != 0:
         raise DemoError(f"the supernet fine-tune failed (exit status {code}); see the messages above")
     ckpt = run_dir / "supernet" / "000" / "checkpoints" / "last.ckpt"
@@ -201,7 +224,10 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
     stages.start("shipped models: SHA-256 check, tokenised demo images, FID reference statistics")
     _, ref_stats = prepare_inputs(opts, log)
 
-    stages.start(f"VARiant supernet fine-tune of the demo VAR ({SUPERNET_CONFIG}, 3-phase progressive schedule)")
+    how = ("the whole recipe" if opts.full_finetune else
+           "smoke steps" if opts.quick else f"its first {FINETUNE_STEPS} steps, phases scaled")
+    stages.start(f"VARiant supernet fine-tune of the demo VAR ({SUPERNET_CONFIG.name}, 3-phase progressive "
+                 f"schedule: {how})")
     ckpt = finetune(opts, run_dir)
 
     stages.start("export the supernet (varianttrain.export)")
@@ -209,15 +235,20 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
     export = next(p for p in paths if p.suffix == ".pth")
     meta = json.loads(export.with_suffix(".json").read_text())
     log(f"[demo] {export}: depth {meta['depth']}, subnets {meta['layer_subsets']}, bridge N = {meta['bridge_scales']}")
+    evaluated = export if opts.full_finetune else supernet_file(opts.ckpt_dir)
+    if evaluated != export:
+        log(f"[demo] evaluating the shipped supernet {evaluated} (the same recipe run to the end); "
+            "--full-finetune evaluates your own")
 
-    reports = evaluate(opts, export, ref_stats, depths, run_dir, stages)
+    reports = evaluate(opts, evaluated, ref_stats, depths, run_dir, stages)
 
-    stages.start("summary over the budgets: one table; quality vs FLOPs, latency and memory")
+    stages.start("summary over the budgets: one table; quality vs FLOPs, latency and memory; timing figures")
     from varianttrain.evaluation.summary import summarize
 
     result = summarize([reports[d]["files"]["json"] for d in depths], run_dir / "summary")
     table = "\n".join(line for line in (run_dir / "summary" / "summary.md").read_text().splitlines()
                       if line.startswith("|"))
+    timing = timing_figures(opts, reports, depths)
     stages.finish()
     wall = stages.elapsed()
     protocol = reports[depths[0]]["protocol"]
@@ -228,11 +259,13 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
         f"{threads} torch threads; {protocol['samples']}; sampling {protocol['sampling_protocol']}; "
         f"device {protocol['device']}.", "",
         f"Rows: full and the training-free methods on the shipped demo VAR ({var_file_name(opts)}), variant and "
-        f"full@supernet on the fine-tuned supernet ({export.name}). Demo FID / IS / class accuracy use the demo "
-        f"classifier ({opts.ckpt_dir}/classifier.pt), not Inception: comparable only within the demo (class "
-        "accuracy: chance 10 %). ± is a bootstrap standard error over the images. Latency: end-to-end median per "
-        "batch, CPU." + (f" Left out: {'; '.join(skipped)}." if skipped else ""), "",
-        table, "",
+        f"full@supernet on the supernet ({evaluated.name}). Demo FID / IS / class accuracy use the demo "
+        f"classifier ({Path(opts.ckpt_dir).name}/classifier.pt), not Inception: comparable only within the demo "
+        "(class accuracy: chance 10 %). ± is a bootstrap standard error over the images. Latency: CPU medians per "
+        "batch, every row of a budget timed in the same interleaved rounds; a speedup is the median of per-round "
+        "ratios to the full model, in brackets the same from the even and the odd rounds alone (how much it moves "
+        "between runs)." + (f" Left out: {'; '.join(skipped)}." if skipped else ""), "",
+        table, "", *timing["lines"], "",
         "Stage times: " + ", ".join(f"{k.split(' (')[0]}: {v:.0f} s" for k, v in stages.times.items()), "",
         f"Per-budget reports: {', '.join(str(reports[d]['files']['markdown']) for d in depths)}; summary with its "
         f"plots: {run_dir / 'summary' / 'summary.md'}"])
@@ -240,10 +273,63 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
     summary = {"run_dir": str(run_dir), "wall_s": wall, "quick": opts.quick, "depths": list(depths),
                "rows": result["rows"], "plots": [str(run_dir / "summary" / p) for p in result["plots"]],
                "reports": {str(d): reports[d]["files"]["json"] for d in depths}, "stage_s": stages.times,
-               "export": str(export)}
+               "export": str(export), "evaluated_supernet": str(evaluated), "timing": timing["figures"]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     log("\n" + text)
     return summary
+
+
+def timing_figures(opts: DemoOptions, reports: dict[int, dict[str, Any]], depths: Sequence[int]) -> dict[str, Any]:
+    """Does layer skipping pay off in time here? The share of the full model's model-only time spent in the
+    transformer blocks at the timed batch size, and per budget the VARiant row's measured speedups against its FLOP
+    speedup (model-only measured / FLOPs: the issue's target is >= 0.8 at the smallest depth)."""
+    import torch
+
+    from varianttrain.demo.artifacts import load_demo_models
+    from varianttrain.evaluation.cost import block_time_share
+    from varianttrain.evaluation.report import headline_cost
+    from varianttrain.sampling.config import SamplingConfig
+
+    figures: dict[str, Any] = {"variant": {}}
+    lines = []
+    first = reports[depths[0]]
+    full = next((r for r in first["rows"] if r["method"] == "full" and headline_cost(r)), None)
+    if full is not None:
+        batch = headline_cost(full)["batch_size"]
+        models = load_demo_models(opts.ckpt_dir)
+        with torch.inference_mode():
+            share = block_time_share(models.var, models.vqvae, SamplingConfig.preset(first["protocol"][
+                "sampling_protocol"]), batch, repeats=1 if opts.quick else 3)
+        figures.update(block_share=share, batch=batch)
+        lines.append(f"Transformer blocks: {100 * share:.0f} % of the full model's model-only sampling time at batch "
+                     f"{batch} (the rest, the head, the token sampling and the Python around them, no method skips).")
+    for d in sorted(depths, reverse=True):
+        row = next((r for r in reports[d]["rows"] if r["method"] == "variant"), None)
+        c = headline_cost(row) if row else None
+        if not c or not row.get("flops_speedup") or c.get("speedup_model") is None:
+            continue
+        ratio = c["speedup_model"] / row["flops_speedup"]
+        figures["variant"][d] = {"flops_speedup": row["flops_speedup"], "speedup_model": c["speedup_model"],
+                                 "speedup_e2e": c.get("speedup"), "model_over_flops": ratio,
+                                 "halves": c.get("speedup_model_halves")}
+        verdict = ""
+        if d == min(depths):
+            met = ratio >= TIMING_TARGET
+            figures["target_met"] = met
+            verdict = f" — target >= {TIMING_TARGET}: {'met' if met else 'NOT met'}"
+        lines.append(f"VARiant d = {d}: FLOP speedup {row['flops_speedup']:.2f}x, measured model-only "
+                     f"{c['speedup_model']:.2f}x ({ratio:.2f} of it){verdict}, end-to-end {c.get('speedup') or 0:.2f}x "
+                     "(the VQVAE decoder is not accelerated).")
+    return {"figures": figures, "lines": lines}
+
+
+def supernet_file(ckpt_dir: str | Path) -> Path:
+    """The shipped supernet export (`supernet_d<D>.pth`, the supernet recipe run to the end)."""
+    found = sorted(Path(ckpt_dir).glob("supernet_d*.pth"))
+    if len(found) != 1:
+        raise DemoError(f"expected one supernet_d*.pth in {ckpt_dir}, found {[p.name for p in found]}; restore it "
+                        f"(git checkout -- {ckpt_dir}) or run python demo.py --full-finetune")
+    return found[0]
 
 
 def var_file_name(opts: DemoOptions) -> str:
@@ -258,7 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="The built-in demo: fine-tune the shipped demo VAR into a VARiant "
                                                  "supernet and compare it with the accelerators (docs/DEMO.md).")
-    parser.add_argument("--quick", action="store_true", help="smoke mode: a few steps and samples (tests)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke mode: a small data set of its own, a few steps and samples (< 1 min)")
+    parser.add_argument("--full-finetune", action="store_true",
+                        help="train the whole supernet recipe (~25 min on 2 cores) and evaluate it instead of the "
+                             "shipped supernet")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--depths", type=int, nargs="+", default=None,
                         help="depth budgets to evaluate (default: the supernet's depth choices)")
@@ -272,9 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)  # process-wide: the entry point's decision (the demo is sized for 2 cores)
-    opts = DemoOptions(quick=args.quick, depths=tuple(args.depths) if args.depths else None,
+    opts = DemoOptions(quick=args.quick, full_finetune=args.full_finetune,
+                       depths=tuple(args.depths) if args.depths else None,
                        out_root=str(Path(args.out_root).resolve()), train_overrides=args.train_set,
                        eval_overrides=args.eval_set)
+    if args.quick:  # its own small data set: tokenising the full one alone takes longer than a minute
+        opts = replace(opts, data_dir=QUICK_DATA, tokens_dir=QUICK_TOKENS, per_class=QUICK_PER_CLASS[0],
+                       per_class_val=QUICK_PER_CLASS[1])
     try:
         run_demo(opts)
     except (DemoError, FileNotFoundError, FileExistsError) as err:

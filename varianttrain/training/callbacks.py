@@ -1,4 +1,5 @@
-"""Callbacks of the training system: the VARiant subnet schedule and the per-step RNG reseed for exact resume.
+"""Callbacks of the training system: the VARiant subnet schedule, the per-step RNG reseed for exact resume, and a
+progress bar that counts optimizer steps (so it can show an ETA).
 
 SIGTERM needs no callback of ours: Lightning 2.6 forwards it to every rank and raises `SIGTERMException` after the
 current batch; `OnExceptionCheckpoint` (added by the runner) writes `on_exception.ckpt`, and the runner turns the
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from varianttrain.training.config import ScheduleConfig
 from varianttrain.training.subnet_schedule import (
@@ -139,3 +141,30 @@ class SubnetAudit(L.Callback):
                   "depth": getattr(pl_module, "active_depth", None)}
         with open(self.out_dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's bar, counting optimizer steps out of `trainer.max_steps` instead of the batches of an epoch.
+
+    The training data stream has no epoch length Lightning can see, so its own bar shows `225/?` and no ETA; this one
+    shows `step/max_steps`, the rate and the time left, starting from the resumed step after `--resume`.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        if bar is not None and trainer.max_steps and trainer.max_steps > 0:
+            bar.reset(total=trainer.max_steps)
+            bar.initial = bar.n = trainer.global_step  # rate and ETA from the resumed step on
+            bar.set_description("Training steps")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+                           ) -> None:
+        if not (trainer.max_steps and trainer.max_steps > 0):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar, n = self.train_progress_bar, trainer.global_step
+        if bar is not None and not bar.disable and self._should_update(n, bar.total):
+            bar.n = n
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+        return None

@@ -123,10 +123,10 @@ def _strategy(cfg: Any, uses_subnets: bool):
 def build_trainer(cfg: Any, spec: TaskSpec, run_dir: Path, derived: Derived,
                   extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     """The Lightning Trainer: loggers, checkpoints, schedule callbacks, strategy, cadence."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from varianttrain.training.callbacks import StepSeed, SubnetAudit
+    from varianttrain.training.callbacks import StepProgressBar, StepSeed, SubnetAudit
     from varianttrain.training.checkpointing import CrashCheckpoint, RunCheckpoints, StartedFlag
 
     tcfg: TrainerConfig = cfg.trainer
@@ -137,7 +137,7 @@ def build_trainer(cfg: Any, spec: TaskSpec, run_dir: Path, derived: Derived,
                                    RunCheckpoints(ckpt_dir, tcfg.ckpt_every_n_steps, tcfg.ckpt_keep,
                                                   tcfg.ckpt_every_minutes, tcfg.ckpt_at_epoch_end)]
     if tcfg.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=tcfg.progress_refresh))
+        callbacks.append(StepProgressBar(refresh_rate=tcfg.progress_refresh))
     callbacks += list(spec.callbacks(cfg))
     # After the schedule (callbacks run in list order), so the audit sees this micro-batch's subnet.
     if tcfg.audit_subnets:
