@@ -159,17 +159,37 @@ def test_demo_quick_end_to_end(tiny_demo, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ findings
-@pytest.mark.parametrize("finding", ["asymmetry", "skipping", "ratio"])
+@pytest.mark.parametrize("finding", ["asymmetry", "methods", "ratio"])
 def test_findings_quick_produce_a_table(finding, tiny_demo, tmp_path, monkeypatch):
     from varianttrain.demo.findings import Setup, run_finding
 
     setup = Setup(quick=True, log=lambda msg: None, data_dir=str(tiny_demo["data"]),
                   tokens_dir=str(tiny_demo["tokens"]), per_class=TINY["per_class"],
                   per_class_val=TINY["per_class_val"])
-    kwargs = {"supernet": str(var_file(CKPT))} if finding == "skipping" else {}  # stand-in: no training needed
+    kwargs = {"supernet": str(var_file(CKPT))} if finding == "methods" else {}  # stand-in: no training needed
     monkeypatch.chdir(tmp_path)  # the demo names its files relative to the repository root, not the cwd
     results = run_finding(finding, setup, out_root=tmp_path, **kwargs)
     out = Path(results["out_dir"])
     assert (out / "table.md").is_file() and Path(results["plot"]).stat().st_size > 0
     assert results["table"].startswith("|") and len(results["rows"]) >= 4
     assert all(0.0 <= r["class_acc"] <= 1.0 and r["gflops"] > 0 for r in results["rows"])
+    assert results["verdict"].startswith("**") and "Noise (the full model on 3 seed splits)" in results["table"]
+
+
+def test_asymmetry_zones_follow_the_token_share():
+    from varianttrain.demo.findings import asymmetry_zones
+
+    # 1, 2, 3, 4 hold 30 of 155 tokens (19 %); adding 5x5 would make 55 (35 %)
+    assert asymmetry_zones((1, 2, 3, 4, 5, 6, 8)) == {"early": (0, 1, 2, 3), "middle": (4, 5), "late": (6,)}
+    # VAR-d30: 1..6 hold 91 of 680 tokens (13 %), 8x8 would make 155 (23 %): early = the paper's bridge N = 6
+    assert asymmetry_zones((1, 2, 3, 4, 5, 6, 8, 10, 13, 16)) == {"early": (0, 1, 2, 3, 4, 5), "middle": (6, 7, 8),
+                                                                   "late": (9,)}
+
+
+def test_compare_needs_twice_the_noise():
+    from varianttrain.demo.findings import Noise, compare
+
+    noise = Noise(fid=0.5, class_acc=0.01, rows=[])
+    assert compare({"fid": 3.0}, {"fid": 4.01}, noise) == "better"
+    assert compare({"fid": 3.0}, {"fid": 4.0}, noise) == "within noise"
+    assert compare({"fid": 5.1}, {"fid": 4.0}, noise) == "worse"

@@ -1,18 +1,26 @@
-"""The papers' findings in miniature, on the shipped demo models (each prints a Markdown table and saves a plot).
+"""The papers' findings in miniature, on the shipped demo models (each prints a Markdown table, its noise and a
+plain verdict, and saves a plot).
 
     python -m varianttrain.demo.findings asymmetry [--quick]
-    python -m varianttrain.demo.findings ratio [--quick]
-    python -m varianttrain.demo.findings skipping [--quick] [--supernet EXPORT.pth]
+    python -m varianttrain.demo.findings ratio [--quick] [--progressive EXPORT.pth]
+    python -m varianttrain.demo.findings methods [--quick] [--supernet EXPORT.pth]
 
 * `asymmetry` (scale-depth asymmetry): the pre-trained demo VAR with half of its blocks (the nested subset I_{D/2})
-  at the early scales only, the middle scale only, or the late scale only, versus quality and FLOPs. The VARiant
+  at the early scales only, the middle scales only, or the last scale only, versus quality and FLOPs. The VARiant
   paper's observation: the early scales need the full depth, the late ones (most of the tokens and FLOPs) do not.
+  Early = the scales holding the first 20 % of the tokens (1-4 of 1, 2, 3, 4, 5, 6, 8; on VAR-d30 the paper's
+  bridge, 1-6), late = the last scale, middle = the rest.
 * `ratio` (fixed subnet ratio vs progressive schedule): the shipped VAR fine-tuned for the same number of steps with
-  p = 0.1 fixed, p = 1.0 fixed and the 3-phase progressive schedule; quality of the full network and of the subnets.
-* `skipping` (equal FLOPs): the VARiant subnet (supernet-trained) vs DepthVAR (training-free, on the pre-trained VAR)
-  vs naive layer skipping (the same subnet plan on the pre-trained VAR, no supernet training) vs early exit, at the
-  FLOPs of d = D/2 and D/4.
+  p = 0.1 fixed, p = 1.0 fixed and the 3-phase progressive schedule (the shipped supernet is that run unless
+  `--progressive` names another); quality of the full network and of every subnet.
+* `methods` (equal FLOPs): at every depth budget of the supernet, the VARiant subnet (supernet-trained) vs the
+  training-free methods on the pre-trained VAR: DepthVAR, StageVAR, FastVAR, CoDe (with the shipped refiner), early
+  exit, and naive layer skipping (the VARiant plan on the pre-trained VAR). DepthVAR also runs with code blending
+  off and with a flatter and a steeper sigmoid (its regime: the paper tunes these on 680-token maps), so a loss can
+  be told apart from its setting.
 
+Noise: the full model is sampled on three disjoint seed lists (seed splits); the spread (standard deviation) of its
+demo FID and class accuracy over them is the noise of one row, and a difference counts only beyond twice that.
 Quality: demo FID / IS (demo-classifier features / logits against the real validation images) and the classifier's
 accuracy on the samples (chance 10 %); every configuration samples the same (class, index, seed) list. Outputs:
 `runs/findings/<name>/<NNN>/{table.md, results.json, <name>.png}` (a fresh directory each time).
@@ -36,7 +44,9 @@ from varianttrain.checkpoints import load_exported_var
 from varianttrain.demo import DEMO_CHECKPOINTS, DEMO_CONFIGS, DEMO_DATA, DEMO_TOKENS, REPO_ROOT
 from varianttrain.demo.pipeline import QUICK_TRAIN, SUPERNET_CONFIG
 
-FINDINGS = ("asymmetry", "ratio", "skipping")
+FINDINGS = ("asymmetry", "ratio", "methods")
+NOISE_SEEDS = 3  # seed splits of the full model that give the noise of one row
+EARLY_TOKEN_SHARE = 0.2  # asymmetry: "early" = the scales holding the first 20 % of the tokens
 # label -> (run name, fine-tune config); all three train the same number of steps from the shipped VAR.
 RATIO_CONFIGS = {"p = 0.1 fixed": ("fixed_p0.1", DEMO_CONFIGS / "supernet_fixed_p0.1.yaml"),
                  "p = 1.0 fixed": ("fixed_p1.0", DEMO_CONFIGS / "supernet_fixed_p1.0.yaml"),
@@ -147,17 +157,41 @@ def train_supernet(config: str | Path, run_root: Path, name: str, setup: Setup) 
     return next(p for p in paths if p.suffix == ".pth")
 
 
-def final_val_losses(run_dir: Path) -> dict[str, float]:
-    """The last logged `val/<full|d..>/loss` of a training run (token cross-entropy on the held-out tokens)."""
-    import csv
+def shipped_supernet(ckpt_dir: str | Path) -> Path:
+    """The shipped supernet export (`supernet_d<D>.pth`: configs/demo/supernet.yaml run to the end)."""
+    found = sorted(Path(ckpt_dir).glob("supernet_d*.pth"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one supernet_d*.pth in {ckpt_dir}, found {[p.name for p in found]}; "
+                                "restore it (git checkout -- checkpoints/demo) or pass an export")
+    return found[0]
 
-    out: dict[str, float] = {}
-    for path in sorted(run_dir.glob("logs/csv*/metrics.csv")):
-        for row in csv.DictReader(path.open()):
-            for key, value in row.items():
-                if key.startswith("val/") and key.endswith("/loss") and value:
-                    out[key.split("/")[1]] = float(value)
-    return out
+
+@torch.inference_mode()
+def held_out_losses(var: Any, meta: dict[str, Any], setup: Setup, batch: int = 100) -> dict[int, float]:
+    """Teacher-forced token cross-entropy on the held-out demo tokens, {depth: loss} for the full network (D) and
+    every subnet of `meta` (the same figure as training's `val/<full|d..>/loss`, computed the same way for a run
+    trained here and for a shipped export)."""
+    from varianttrain.checkpoints import load_exported_vqvae
+    from varianttrain.data.datamodule import IndexDataset
+    from varianttrain.losses import token_cross_entropy
+    from varianttrain.models.depth_plan import DepthPlan
+
+    data = IndexDataset(Path(setup.tokens_dir) / "val", key="held-out demo tokens")
+    vqvae = load_exported_vqvae(Path(setup.ckpt_dir) / "vqvae.pth").float()
+    D, pns = var.depth, var.patch_nums
+    plans = {D: DepthPlan.full(D, pns)}
+    for d, subset in (meta.get("layer_subsets") or {}).items():
+        plans[int(d)] = DepthPlan.subnet(D, pns, meta["bridge_scales"], tuple(subset))
+    sums = dict.fromkeys(plans, 0.0)
+    count = 0
+    for i in range(0, len(data), batch):
+        idx_BL = torch.from_numpy(data.idx_NL[i:i + batch].astype("int64"))
+        label_B = torch.from_numpy(data.labels_N[i:i + batch].astype("int64"))
+        x_BLCv = vqvae.quantize.idxBl_to_var_input(list(idx_BL.split([p * p for p in pns], dim=1)))
+        for d, plan in plans.items():
+            sums[d] += float(token_cross_entropy(var(label_B, x_BLCv, plan), idx_BL).mean(1).sum())
+        count += idx_BL.shape[0]
+    return {d: total / count for d, total in sums.items()}
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -235,7 +269,61 @@ ACC_AXIS = ("class_acc", "class accuracy of the samples, % (higher is better)")
 LOSS_AXIS = ("val_loss", "held-out token cross-entropy (lower is better)")
 
 
+# ------------------------------------------------------------------------------------------------ noise, verdicts
+@dataclass
+class Noise:
+    """The spread of one row's figures: the full model on `NOISE_SEEDS` disjoint seed lists."""
+
+    fid: float
+    class_acc: float
+    rows: list[dict[str, Any]]
+
+    def line(self) -> str:
+        fids = ", ".join(f"{r['fid']:.2f}" for r in self.rows)
+        accs = ", ".join(f"{100 * r['class_acc']:.1f}" for r in self.rows)
+        return (f"Noise (the full model on {len(self.rows)} seed splits): demo FID {fids} -> s.d. {self.fid:.2f}; "
+                f"class accuracy {accs} % -> s.d. {100 * self.class_acc:.1f} points. A difference counts beyond "
+                f"twice the s.d. (FID {2 * self.fid:.2f}, accuracy {200 * self.class_acc:.1f} points).")
+
+
+def seed_noise(ev: Evaluator, var: Any, first: dict[str, Any], log: Callable[[str], None]) -> Noise:
+    """`first` is the full model's row on the evaluator's seeds; the other splits are sampled here."""
+    import statistics
+
+    rows = [first]
+    for i in range(1, NOISE_SEEDS):
+        log(f"[findings] noise: the full model on seed split {i + 1} of {NOISE_SEEDS}")
+        rows.append(ev.with_seed(ev.seed + i * 1_000_003)(var, None))
+    return Noise(statistics.stdev(r["fid"] for r in rows), statistics.stdev(r["class_acc"] for r in rows), rows)
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], noise: Noise) -> str:
+    """'better' / 'worse' / 'within noise': row `a` against row `b` on demo FID (lower is better), beyond 2 s.d."""
+    diff = b["fid"] - a["fid"]
+    if abs(diff) <= 2 * noise.fid:
+        return "within noise"
+    return "better" if diff > 0 else "worse"
+
+
+def _fid_gap(a: dict[str, Any], b: dict[str, Any]) -> str:
+    return f"FID {a['fid']:.2f} vs {b['fid']:.2f}, accuracy {100 * a['class_acc']:.1f} vs {100 * b['class_acc']:.1f} %"
+
+
 # ------------------------------------------------------------------------------------------------ findings
+def asymmetry_zones(patch_nums: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Early = the scales holding the first `EARLY_TOKEN_SHARE` of the tokens, late = the last scale, middle = the
+    scales in between (patch_nums 1, 2, 3, 4, 5, 6, 8: {1-4}, {5, 6}, {8}; VAR-d30's: {1-6}, {8, 10, 13}, {16})."""
+    K, total = len(patch_nums), sum(p * p for p in patch_nums)
+    early, seen = [], 0
+    for k, pn in enumerate(patch_nums[:-2]):
+        seen += pn * pn
+        if seen > EARLY_TOKEN_SHARE * total:
+            break
+        early.append(k)
+    early = early or [0]
+    return {"early": tuple(early), "middle": tuple(range(early[-1] + 1, K - 1)), "late": (K - 1,)}
+
+
 def asymmetry(out: Path, setup: Setup, **_: Any) -> tuple[str, dict[str, Any]]:
     """Half depth at early / middle / late scales of the pre-trained VAR (no supernet training)."""
     from varianttrain.models.depth_plan import DepthPlan, ScalePlan, layer_subset
@@ -244,10 +332,7 @@ def asymmetry(out: Path, setup: Setup, **_: Any) -> tuple[str, dict[str, Any]]:
     ev, var = make_evaluator(setup)
     D, K = var.depth, len(var.patch_nums)
     half = layer_subset(D, D // 2, "nested", (D // 2, D // 4))
-    # Early = every scale before the middle one, middle = the scale just below the last, late = the last scale:
-    # with patch_nums 1, 2, 3, 4 that is {1x1, 2x2}, {3x3}, {4x4} (5, 9 and 16 of 30 tokens).
-    zones = {"none (full model)": (), "early": tuple(range(K - 2)), "middle": (K - 2,), "late": (K - 1,),
-             "all scales": tuple(range(K))}
+    zones = {"none (full model)": (), **asymmetry_zones(var.patch_nums), "all scales": tuple(range(K))}
     rows = []
     for zone, scales in zones.items():
         plan = DepthPlan(D, var.patch_nums, [ScalePlan(blocks=half) if k in scales else ScalePlan()
@@ -258,17 +343,30 @@ def asymmetry(out: Path, setup: Setup, **_: Any) -> tuple[str, dict[str, Any]]:
         rows.append({"half depth at": zone, "scales": ", ".join(f"{var.patch_nums[k]}²" for k in scales) or "–",
                      "tokens": f"{tokens} / {var.L}", **res})
         log(f"[findings]   {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})}")
-    log("[findings] asymmetry: the full model again with other seeds (the noise level of the metrics)")
-    rows.append({"half depth at": "none, seeds + 1 (noise reference)", "scales": "–", "tokens": f"0 / {var.L}",
-                 **ev.with_seed(ev.seed + 1)(var, static(DepthPlan.full(D, var.patch_nums), "full"))})
+    noise = seed_noise(ev, var, rows[0], log)
     _speedups(rows, rows[0]["gflops"])
-    md = table(rows, ["half depth at", "scales", "tokens"])
+    by = {r["half depth at"]: r for r in rows}
+    full, early, late = by["none (full model)"], by["early"], by["late"]
+    loss_early, loss_late = early["fid"] - full["fid"], late["fid"] - full["fid"]
+    gap = loss_early - loss_late
+    if gap > 2 * noise.fid:
+        verdict = (f"**Reproduces.** Half depth costs {loss_early:+.2f} FID at the early scales and {loss_late:+.2f} "
+                   f"at the last one, which holds {late['tokens']} tokens (a gap of {gap:.2f} > {2 * noise.fid:.2f}, "
+                   "twice the noise): the early scales need the full depth, the late ones much less.")
+    elif gap < -2 * noise.fid:
+        verdict = (f"**Reversed.** Half depth costs more at the last scale ({loss_late:+.2f} FID) than at the early "
+                   f"ones ({loss_early:+.2f}), beyond twice the noise ({2 * noise.fid:.2f}).")
+    else:
+        verdict = (f"**Does not reproduce (within noise).** Early {loss_early:+.2f} FID, last scale {loss_late:+.2f}; "
+                   f"the gap {gap:.2f} is within twice the noise ({2 * noise.fid:.2f}).")
+    md = "\n".join([table(rows, ["half depth at", "scales", "tokens"]), "", noise.line(), "", verdict])
     plot = _plot(out / "asymmetry.png", f"scale-depth asymmetry: depth-{D} demo VAR, blocks {list(half)} at one zone",
                  _panels(rows, lambda r: r["half depth at"], lambda r: "", [FID_AXIS, ACC_AXIS]), "GFLOPs per image")
-    return md, {"rows": rows, "half_blocks": list(half), "plot": str(plot)}
+    return md, {"rows": rows, "half_blocks": list(half), "plot": str(plot), "noise": dataclasses.asdict(noise),
+                "verdict": verdict, "reproduces": gap > 2 * noise.fid}
 
 
-def ratio(out: Path, setup: Setup, **_: Any) -> tuple[str, dict[str, Any]]:
+def ratio(out: Path, setup: Setup, progressive: str | None = None, **_: Any) -> tuple[str, dict[str, Any]]:
     """Fixed subnet ratio p = 0.1 / 1.0 vs the progressive schedule, same steps; full and subnet quality."""
     from varianttrain.models.depth_plan import DepthPlan
 
@@ -277,11 +375,19 @@ def ratio(out: Path, setup: Setup, **_: Any) -> tuple[str, dict[str, Any]]:
     models: dict[str, tuple[Any, dict[str, Any], dict[str, float]]] = {"pre-trained (no fine-tune)": (
         pretrained, {"depth_choices": [pretrained.depth // 2, pretrained.depth // 4], "bridge_scales": 2,
                      "layer_subsets": None}, {})}
+    shipped = progressive or (None if setup.quick else str(shipped_supernet(setup.ckpt_dir)))
     for label, (run_name, config) in RATIO_CONFIGS.items():
+        if run_name == "progressive" and shipped:
+            log(f"[findings] ratio: {label} = {shipped} (the same recipe and steps, already trained)")
+            var, meta = load_exported_var(shipped)
+            models[label] = (var, meta, held_out_losses(var, meta, setup))
+            continue
         export = train_supernet(config, out, run_name, setup)
         var, meta = load_exported_var(export)
-        models[label] = (var, meta, final_val_losses(export.parent.parent))
+        models[label] = (var, meta, held_out_losses(var, meta, setup))
     ref_meta = models[next(iter(RATIO_CONFIGS))][1]
+    first = next(iter(models))  # the pre-trained VAR: its losses under the same subnet plans (naive skipping)
+    models[first] = (pretrained, models[first][1], held_out_losses(pretrained, ref_meta, setup))
     rows = []
     D = pretrained.depth
     for label, (var, _meta, losses) in models.items():
@@ -291,59 +397,99 @@ def ratio(out: Path, setup: Setup, **_: Any) -> tuple[str, dict[str, Any]]:
             log(f"[findings] ratio: {label}, {'full' if d == D else f'subnet d = {d}'}")
             res = ev(var, static(plan, f"d{d}"))
             rows.append({"training": label, "network": "full" if d == D else f"subnet d = {d}",
-                         "val_loss": losses.get("full" if d == D else f"d{d}"), **res})
+                         "val_loss": losses.get(d), **res})
+    noise = seed_noise(ev, pretrained, rows[0], log)
     _speedups(rows, rows[0]["gflops"])
-    md = table(rows, ["training", "network"])
+    by = {(r["training"], r["network"]): r for r in rows}
+    prog, p01, p10 = "progressive (3-phase)", "p = 0.1 fixed", "p = 1.0 fixed"
+    smallest = f"subnet d = {min(ref_meta['depth_choices'])}"
+    checks = [("its full network", by[(prog, "full")], by[(p10, "full")], p10),
+              (f"its smallest subnet ({smallest[7:]})", by[(prog, smallest)], by[(p01, smallest)], p01)]
+    said = [f"progressive vs {other}, {what}: {compare(a, b, noise)} ({_fid_gap(a, b)})"
+            for what, a, b, other in checks]
+    ok = all(compare(a, b, noise) != "worse" for _, a, b, _ in checks)
+    strict = all(compare(a, b, noise) == "better" for _, a, b, _ in checks)
+    verdict = ("**Reproduces.** " if strict else "**Partly reproduces (not worse, within noise somewhere).** " if ok
+               else "**Does not reproduce.** ")
+    verdict += ("The paper: p = 0.1 keeps the full network but leaves the subnets weak, p = 1.0 the reverse, the "
+                "progressive schedule gets both. Here: " + "; ".join(said) + ".")
+    md = "\n".join([table(rows, ["training", "network"]), "", noise.line(), "", verdict])
     panels = _panels(rows, lambda r: r["training"], lambda r: r["network"].replace("subnet ", ""),
                      [FID_AXIS, ACC_AXIS, LOSS_AXIS])
     plot = _plot(out / "ratio.png", "subnet ratio: fixed p vs progressive schedule (same number of steps)", panels,
                  "GFLOPs per image")
-    return md, {"rows": rows, "plot": str(plot)}
+    return md, {"rows": rows, "plot": str(plot), "noise": dataclasses.asdict(noise), "verdict": verdict,
+                "reproduces": strict}
 
 
-def skipping(out: Path, setup: Setup, supernet: str | None = None, **_: Any) -> tuple[str, dict[str, Any]]:
-    """VARiant subnet vs DepthVAR vs naive layer skipping vs early exit at equal FLOPs."""
+# DepthVAR's sensitivity rows: (label, knobs); the default is blending on, sigmoid k = 12 (DepthVARConfig).
+DEPTHVAR_SETTINGS = (("DepthVAR, code blending off", {"blending": False}),
+                     ("DepthVAR, sigmoid k = 4 (flatter)", {"sigmoid_k": 4.0}),
+                     ("DepthVAR, sigmoid k = 36 (steeper)", {"sigmoid_k": 36.0}))
+TRAINING_FREE = (("DepthVAR (training-free)", "depthvar"), ("StageVAR (training-free)", "stagevar"),
+                 ("FastVAR (training-free)", "fastvar"), ("CoDe (training-free, shipped refiner)", "code"),
+                 ("early exit (training-free)", "earlyexit"),
+                 ("naive layer skipping (VARiant plan, no supernet training)", "variant"))
+
+
+def methods(out: Path, setup: Setup, supernet: str | None = None, **_: Any) -> tuple[str, dict[str, Any]]:
+    """VARiant subnet vs every training-free method on the pre-trained VAR, at the FLOPs of each depth budget."""
+    from varianttrain.checkpoints import load_exported_var as load
     from varianttrain.methods.budget import DepthBudget
     from varianttrain.methods.registry import get_method
     from varianttrain.methods.spec import MethodOptions
 
     log = setup.log
     ev, pretrained = make_evaluator(setup)
-    export = Path(supernet) if supernet else train_supernet(SUPERNET_CONFIG, out, "progressive", setup)
-    var_sn, meta = load_exported_var(export)
+    export = Path(supernet) if supernet else shipped_supernet(setup.ckpt_dir)
+    var_sn, meta = load(export)
+    refiners = sorted(Path(setup.ckpt_dir).glob("refiner_d*.pth"))
+    refiner = load(refiners[0])[0] if refiners else None
     D = pretrained.depth
     subsets = {int(d): tuple(v) for d, v in meta["layer_subsets"].items()}
-    rows = []
-    log("[findings] skipping: full model (pre-trained)")
-    rows.append({"budget": f"D = {D}", "method": "full model (pre-trained VAR)",
-                 **ev(pretrained, get_method("full").build(pretrained, MethodOptions(
-                     budget=DepthBudget(D, pretrained.patch_nums, D, bridge_scales=meta["bridge_scales"]))))})
+    log("[findings] methods: full model (pre-trained)")
+    rows = [{"budget": f"D = {D}", "method": "full model (pre-trained VAR)", "flop_ratio": 1.0, **ev(pretrained, None)}]
     for d in meta["depth_choices"]:
         budget = DepthBudget(D, pretrained.patch_nums, d, bridge_scales=meta["bridge_scales"],
                              depth_choices=tuple(meta["depth_choices"]), layer_subsets=subsets)
-        opts = MethodOptions(budget=budget)
-        entries = [("VARiant subnet (supernet-trained)", var_sn, "variant"),
-                   ("naive layer skipping (same subnet, no supernet training)", pretrained, "variant"),
-                   ("DepthVAR (training-free)", pretrained, "depthvar"),
-                   ("early exit (training-free)", pretrained, "earlyexit")]
-        for label, var, name in entries:
-            log(f"[findings] skipping: d = {d}: {label}")
-            method = get_method(name).build(var, opts)
-            rows.append({"budget": f"d = {d}", "method": label, **ev(var, method)})
-    log("[findings] skipping: the full model again with other seeds (the noise level of the metrics)")
-    rows.append({"budget": f"D = {D}", "method": "full model, seeds + 1 (noise reference)",
-                 **ev.with_seed(ev.seed + 1)(pretrained, get_method("full").build(pretrained, MethodOptions(
-                     budget=DepthBudget(D, pretrained.patch_nums, D, bridge_scales=meta["bridge_scales"]))))})
+        entries = [("VARiant subnet (supernet-trained)", var_sn, "variant", {})]
+        entries += [(label, pretrained, name, {}) for label, name in TRAINING_FREE if name != "code" or refiner]
+        entries += [(label, pretrained, "depthvar", knobs) for label, knobs in DEPTHVAR_SETTINGS]
+        for label, var, name, knobs in entries:
+            log(f"[findings] methods: d = {d}: {label}")
+            method = get_method(name).build(var, MethodOptions(budget=budget, knobs=knobs, refiner=refiner))
+            rows.append({"budget": f"d = {d}", "method": label, "flop_ratio": method.budget_match.flop_ratio,
+                         **ev(var, method)})
+    noise = seed_noise(ev, pretrained, rows[0], log)
     _speedups(rows, rows[0]["gflops"])
-    md = table(rows, ["budget", "method"])
-    panels = _panels(rows[:-1], lambda r: r["method"].split(" (")[0], lambda r: r["budget"], [FID_AXIS, ACC_AXIS])
-    plot = _plot(out / "skipping.png", f"equal FLOPs: VARiant vs DepthVAR vs naive skipping (depth-{D} demo VAR)",
+    said = []
+    for d in meta["depth_choices"]:
+        at = {r["method"]: r for r in rows if r["budget"] == f"d = {d}"}
+        ours = at["VARiant subnet (supernet-trained)"]
+        words = [f"{label.split(' (')[0]}: {compare(ours, r, noise)}" for label, r in at.items() if r is not ours
+                 and not label.startswith("DepthVAR,")]
+        said.append(f"d = {d}: VARiant vs " + ", ".join(words))
+    lost = [r["method"] for r in rows if r["budget"] != f"D = {D}" and r["method"] != "VARiant subnet "
+            "(supernet-trained)" and not r["method"].startswith("DepthVAR,")
+            and compare(next(x for x in rows if x["budget"] == r["budget"] and x["method"].startswith("VARiant")),
+                        r, noise) == "worse"]
+    verdict = ("**Reproduces.** " if not lost else "**Does not fully reproduce.** ") + (
+        "The paper: at equal FLOPs the supernet-trained subnet beats the training-free methods on the released "
+        "model. Here (better / worse = VARiant's demo FID beyond twice the noise): " + "; ".join(said) + "."
+        + ("" if refiner else " CoDe left out: no refiner_d*.pth is shipped."))
+    md = "\n".join([table(rows, ["budget", "method"]), "", "FLOPs / budget of every row: " + ", ".join(
+        f"{r['method'].split(' (')[0]} {r['budget']}: {r['flop_ratio']:.2f}" for r in rows[1:]
+        if not r["method"].startswith("DepthVAR,")), "", noise.line(), "", verdict])
+    panels = _panels([r for r in rows if not r["method"].startswith("DepthVAR,")],
+                     lambda r: r["method"].split(" (")[0], lambda r: r["budget"], [FID_AXIS, ACC_AXIS])
+    plot = _plot(out / "methods.png", f"equal FLOPs: VARiant vs the training-free methods (depth-{D} demo VAR)",
                  panels, "GFLOPs per image")
-    return md, {"rows": rows, "supernet": str(export), "plot": str(plot)}
+    return md, {"rows": rows, "supernet": str(export), "plot": str(plot), "noise": dataclasses.asdict(noise),
+                "verdict": verdict, "reproduces": not lost}
 
 
 RUNNERS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {"asymmetry": asymmetry, "ratio": ratio,
-                                                                  "skipping": skipping}
+                                                                  "methods": methods}
 
 
 def run_finding(name: str, setup: Setup | None = None, out_root: str | Path | None = None,
@@ -372,10 +518,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke mode: a few steps and samples")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-root", default=None, help="results go to <out-root>/findings/<finding>/<NNN>")
-    parser.add_argument("--supernet", default=None, help="skipping: a supernet export to reuse instead of training one")
+    parser.add_argument("--supernet", default=None,
+                        help="methods: the supernet export to evaluate (default: the shipped one)")
+    parser.add_argument("--progressive", default=None,
+                        help="ratio: the progressive-schedule export to compare (default: the shipped supernet; "
+                             "the fixed-ratio runs are trained)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # process-wide: the entry point's decision (sized for 2 CPU cores)
-    kwargs = {"supernet": args.supernet} if args.supernet else {}
+    kwargs = {k: v for k, v in (("supernet", args.supernet), ("progressive", args.progressive)) if v}
     run_finding(args.finding, Setup(quick=args.quick), args.out_root, **kwargs)
     return 0
 

@@ -132,7 +132,10 @@ def prepare_inputs(opts: DemoOptions, log: Callable[[str], None] = _log) -> tupl
                         + f"\nrestore them (git checkout -- {opts.ckpt_dir}) or rebuild them: "
                           f"{opts.ckpt_dir}/RECIPE.md")
     log(f"[demo] {opts.ckpt_dir}: every file matches SHA256SUMS")
-    tokens = tokenize_demo(opts.data_dir, Path(opts.ckpt_dir) / VQVAE_FILE, opts.tokens_dir, log=log)
+    # No mirrored copies: the demo's fine-tune sees ~1 000 sequences, and tokenising is the slowest part of a first
+    # run (the shipped models were trained on their own, mirrored token set: RECIPE.md).
+    tokens = tokenize_demo(opts.data_dir, Path(opts.ckpt_dir) / VQVAE_FILE, opts.tokens_dir, flip_train=False,
+                           log=log)
     classifier = Path(opts.ckpt_dir) / CLASSIFIER_FILE
     ref = Path(opts.tokens_dir) / f"ref_stats_val_{sha256_file(classifier)[:12]}.npz"
     if not ref.is_file():

@@ -500,15 +500,21 @@ def _add_costs(cfg: EvalConfig, results: list[dict[str, Any]], rows: Sequence[Ro
                log: Callable[[str], None]) -> None:
     """Time every row in interleaved rounds (`measure_costs`: shared rounds keep the speedups steady on a busy
     machine) and put each row's cost entries into its result."""
+    # A second full row (full@supernet) runs the same network shape as the first: its cost is that row's, by
+    # construction, so it is not timed again (one row less in every round).
+    full_rows = [row.id for row in rows if row.method == "full"]
+    same_as = {rid: full_rows[0] for rid in full_rows[1:]}
     entries = [TimedMethod(row.id, models[row.weights], methods[row.id],
                            [models["refiner"]] if "refiner" in result["weights"] else [])
-               for row, result in zip(rows, results, strict=True)]
+               for row, result in zip(rows, results, strict=True) if row.id not in same_as]
     log(f"[eval] timing {len(entries)} rows in {cfg.cost.repeats} interleaved rounds at batch sizes "
-        f"{list(cfg.cost.batch_sizes)}")
+        f"{list(cfg.cost.batch_sizes)}" + (f" ({', '.join(same_as)}: the same network as {full_rows[0]})"
+                                           if same_as else ""))
     costs = measure_costs(entries, vqvae, sampling, cfg.cost.batch_sizes, cfg.cost.warmup, cfg.cost.repeats, device,
                           seed=cfg.generation.seed)
     for result in results:
-        result["cost"] = [c.to_dict() for c in costs[result["row"]]]
+        timed = same_as.get(result["row"], result["row"])
+        result["cost"] = [dict(c.to_dict(), method=result["method"], timed_as=timed) for c in costs[timed]]
         if result.get("flops_per_image") is None and costs[result["row"]]:
             result["flops_per_image"] = costs[result["row"]][-1].flops_per_image
 
