@@ -241,12 +241,15 @@ def tokenize_demo(data_dir: str | Path = DEMO_DATA, vqvae_path: str | Path = DEM
         paths, labels = folder_images(data_dir, split)
         flips = (False, True) if split == "train" and flip_train else (False,)
         idx = {flip: [] for flip in flips}
+        t_split = time.perf_counter()
         for i, images in enumerate(image_batches(paths, batch)):
             for flip in flips:
                 x = to_signed(images.flip(-1) if flip else images)
                 idx[flip].append(torch.cat(vqvae.img_to_idxBl(x), dim=1))
             if i % 10 == 0:
-                log(f"[demo] tokenising {split}: {min((i + 1) * batch, len(paths))}/{len(paths)} images")
+                done, spent = min((i + 1) * batch, len(paths)), time.perf_counter() - t_split
+                log(f"[demo] tokenising {split}: {done}/{len(paths)} images ({spent:.0f} s, about "
+                    f"{spent / done * (len(paths) - done):.0f} s left)")
         write_index_dataset(out / split, torch.cat([torch.cat(v) for v in idx.values()]),
                             torch.tensor(labels * len(flips)), overwrite=True)
     manifest = json.loads((Path(data_dir) / "manifest.json").read_text())

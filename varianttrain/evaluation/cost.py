@@ -158,22 +158,30 @@ def measure_costs(entries: Sequence[TimedMethod], vqvae: torch.nn.Module, sampli
         rng = TokenRNG.per_image([seed + i for i in range(labels.shape[0])], device=device)
         last[entry.name] = generate(entry.var, vqvae, labels, sampling, rng, method=entry.method, decode=decode)
 
-    for B in batch_sizes:
-        labels = torch.arange(B, device=device) % entries[0].var.num_classes if entries else None
-        for entry in entries:
-            for _ in range(warmup):
-                call(entry, labels, True)
-        model_t: dict[str, list[float]] = {e.name: [] for e in entries}
-        e2e_t: dict[str, list[float]] = {e.name: [] for e in entries}
-        for r in range(repeats):
-            order = list(entries[r % len(entries):]) + list(entries[:r % len(entries)])
-            for entry in order:
-                model_t[entry.name].append(_timed(lambda: call(entry, labels, False), device))  # noqa: B023
-            for entry in order:
-                e2e_t[entry.name].append(_timed(lambda: call(entry, labels, True), device))  # noqa: B023
-        for entry in entries:
-            out[entry.name].append(_row(entry, vqvae, labels, device, call, last, model_t[entry.name],
-                                        e2e_t[entry.name], warmup))
+    from varianttrain.evaluation.progress import progress_bar
+
+    calls = len(batch_sizes) * len(entries) * (warmup + 2 * repeats + 1)
+    with progress_bar(calls, f"timing {len(entries)} methods", unit="call") as bar:
+        for B in batch_sizes:
+            labels = torch.arange(B, device=device) % entries[0].var.num_classes if entries else None
+            for entry in entries:
+                for _ in range(warmup):
+                    call(entry, labels, True)
+                    bar.update()
+            model_t: dict[str, list[float]] = {e.name: [] for e in entries}
+            e2e_t: dict[str, list[float]] = {e.name: [] for e in entries}
+            for r in range(repeats):
+                order = list(entries[r % len(entries):]) + list(entries[:r % len(entries)])
+                for entry in order:
+                    model_t[entry.name].append(_timed(lambda: call(entry, labels, False), device))  # noqa: B023
+                    bar.update()
+                for entry in order:
+                    e2e_t[entry.name].append(_timed(lambda: call(entry, labels, True), device))  # noqa: B023
+                    bar.update()
+            for entry in entries:
+                out[entry.name].append(_row(entry, vqvae, labels, device, call, last, model_t[entry.name],
+                                            e2e_t[entry.name], warmup))
+                bar.update()
     return out
 
 
