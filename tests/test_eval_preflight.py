@@ -217,3 +217,22 @@ def test_refiner_that_does_not_fit_the_drafter_is_refused_before_loading(files, 
                                      f"model.vqvae={files['vqvae']}", "methods=[code]", f"out_dir={tmp_path / 'o'}"])
     with pytest.raises(EvalInputError, match="classes 10 vs 7"):
         _run_quietly(cfg)
+
+
+def test_an_export_naming_its_tokenizer_by_file_name_finds_it_next_to_itself(files, tmp_path):
+    """Shipped exports record `vqvae_checkpoint: vqvae.pth` (no path of the machine that trained them): with no
+    model.vqvae, eval uses the tokenizer in the export's own folder, whatever the working directory."""
+    import shutil
+
+    from varianttrain.evaluation.preflight import preflight
+
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    shutil.copy(files["vqvae"], folder / "vqvae.pth")
+    supernet = save_export(folder / "supernet_d4.pth", tiny_var(0), bridge=1, depth_choices=(2,),
+                           subsets={2: (0, 3)}, vqvae=Path("vqvae.pth"))
+    cfg = build_config(TINY_CONFIG, [f"model.supernet={supernet}", "model.vqvae=null", "methods=[variant]",
+                                     "cost.enabled=false", "metrics.enabled=false", f"out_dir={tmp_path / 'out'}",
+                                     *NULL_BUDGET])
+    pre = preflight(cfg)
+    assert pre.vqvae.path == folder / "vqvae.pth"

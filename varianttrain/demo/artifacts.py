@@ -147,6 +147,10 @@ def ship_var(run: str | Path, out_dir: str | Path = DEMO_CHECKPOINTS, ema: bool 
         _, state, meta = load_export(pth)
     stem = name or f"var_d{meta['depth']}"
     torch.save(half_state(state), out / f"{stem}.pth")
+    # The shipped file names the tokenizer by its shipped name and hash, not by a path of the training machine.
+    vq = Path(str(meta.get("vqvae_checkpoint") or ""))
+    if vq.is_file():
+        meta.update(vqvae_checkpoint=VQVAE_FILE, vqvae_sha256=sha256_file(vq))
     meta.update(storage_dtype="float16", source_checkpoint=str(ckpt_path))
     (out / f"{stem}.json").write_text(json.dumps(meta, indent=1) + "\n")
     return [out / f"{stem}.pth", out / f"{stem}.json"]

@@ -2,7 +2,7 @@
 plain verdict, and saves a plot).
 
     python -m varianttrain.demo.findings asymmetry [--quick]
-    python -m varianttrain.demo.findings ratio [--quick] [--progressive EXPORT.pth]
+    python -m varianttrain.demo.findings ratio [--quick] [--progressive EXPORT.pth --train-tokens DIR]
     python -m varianttrain.demo.findings methods [--quick] [--supernet EXPORT.pth]
 
 * `asymmetry` (scale-depth asymmetry): the pre-trained demo VAR with half of its blocks (the nested subset I_{D/2})
@@ -10,9 +10,11 @@ plain verdict, and saves a plot).
   paper's observation: the early scales need the full depth, the late ones (most of the tokens and FLOPs) do not.
   Early = the scales holding the first 20 % of the tokens (1-4 of 1, 2, 3, 4, 5, 6, 8; on VAR-d30 the paper's
   bridge, 1-6), late = the last scale, middle = the rest.
-* `ratio` (fixed subnet ratio vs progressive schedule): the shipped VAR fine-tuned for the same number of steps with
-  p = 0.1 fixed, p = 1.0 fixed and the 3-phase progressive schedule (the shipped supernet is that run unless
-  `--progressive` names another); quality of the full network and of every subnet.
+* `ratio` (fixed subnet ratio vs progressive schedule): the shipped VAR fine-tuned for the same number of steps on the
+  same tokens with p = 0.1 fixed, p = 1.0 fixed and the 3-phase progressive schedule (three fine-tunes, ~35 min on 2
+  cores); quality and held-out token loss of the full network and of every subnet. The shipped supernet is the
+  progressive run on the models' own training tokens: `--progressive checkpoints/demo/supernet_d12.pth
+  --train-tokens data/demo_train_tokens` reuses it (RECIPE.md makes those tokens) and trains the other two there.
 * `methods` (equal FLOPs): at every depth budget of the supernet, the VARiant subnet (supernet-trained) vs the
   training-free methods on the pre-trained VAR: DepthVAR, StageVAR, FastVAR, CoDe (with the shipped refiner), early
   exit, and naive layer skipping (the VARiant plan on the pre-trained VAR). DepthVAR also runs with code blending
@@ -113,6 +115,11 @@ class Setup:
     ckpt_dir: str | Path = DEMO_CHECKPOINTS
     per_class: int = 500  # demo data set size (generated when missing; the default is the full demo set)
     per_class_val: int = 50
+    train_tokens_dir: str | Path | None = None  # fine-tunes and held-out losses (default: tokens_dir)
+
+    @property
+    def fine_tune_tokens(self) -> Path:
+        return Path(self.train_tokens_dir or self.tokens_dir)
 
 
 def make_evaluator(setup: Setup) -> tuple[Evaluator, Any]:
@@ -146,8 +153,9 @@ def train_supernet(config: str | Path, run_root: Path, name: str, setup: Setup) 
     from varianttrain.training.runner import run as train_run
 
     setup.log(f"[findings] fine-tune: {config} -> {run_root / name}")
-    overrides = [f"run.root={run_root}", f"run.name={name}", f"data.train_path={setup.tokens_dir}/train",
-                 f"data.val_path={setup.tokens_dir}/val", f"model.var_checkpoint={var_file(setup.ckpt_dir)}",
+    tokens = setup.fine_tune_tokens
+    overrides = [f"run.root={run_root}", f"run.name={name}", f"data.train_path={tokens}/train",
+                 f"data.val_path={tokens}/val", f"model.var_checkpoint={var_file(setup.ckpt_dir)}",
                  f"model.vqvae_checkpoint={setup.ckpt_dir}/vqvae.pth"]
     code = train_run(config, overrides + (QUICK_TRAIN if setup.quick else []), tasks=TASKS)
     if code != 0:
@@ -176,7 +184,7 @@ def held_out_losses(var: Any, meta: dict[str, Any], setup: Setup, batch: int = 1
     from varianttrain.losses import token_cross_entropy
     from varianttrain.models.depth_plan import DepthPlan
 
-    data = IndexDataset(Path(setup.tokens_dir) / "val", key="held-out demo tokens")
+    data = IndexDataset(setup.fine_tune_tokens / "val", key="held-out demo tokens")
     vqvae = load_exported_vqvae(Path(setup.ckpt_dir) / "vqvae.pth").float()
     D, pns = var.depth, var.patch_nums
     plans = {D: DepthPlan.full(D, pns)}
@@ -375,11 +383,11 @@ def ratio(out: Path, setup: Setup, progressive: str | None = None, **_: Any) -> 
     models: dict[str, tuple[Any, dict[str, Any], dict[str, float]]] = {"pre-trained (no fine-tune)": (
         pretrained, {"depth_choices": [pretrained.depth // 2, pretrained.depth // 4], "bridge_scales": 2,
                      "layer_subsets": None}, {})}
-    shipped = progressive or (None if setup.quick else str(shipped_supernet(setup.ckpt_dir)))
     for label, (run_name, config) in RATIO_CONFIGS.items():
-        if run_name == "progressive" and shipped:
-            log(f"[findings] ratio: {label} = {shipped} (the same recipe and steps, already trained)")
-            var, meta = load_exported_var(shipped)
+        if run_name == "progressive" and progressive:
+            log(f"[findings] ratio: {label} = {progressive} (given; it must come from the same recipe, steps and "
+                f"tokens, {setup.fine_tune_tokens}, as the fixed-ratio runs trained here)")
+            var, meta = load_exported_var(progressive)
             models[label] = (var, meta, held_out_losses(var, meta, setup))
             continue
         export = train_supernet(config, out, run_name, setup)
@@ -523,10 +531,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--progressive", default=None,
                         help="ratio: the progressive-schedule export to compare (default: the shipped supernet; "
                              "the fixed-ratio runs are trained)")
+    parser.add_argument("--train-tokens", default=None,
+                        help="ratio: the token set to fine-tune on and to score the held-out loss with (default: "
+                             "the demo's data/demo_tokens)")
     args = parser.parse_args(argv)
+    if args.progressive and not args.train_tokens:
+        parser.error("--progressive needs --train-tokens: the tokens that run was trained on (the fixed-ratio runs "
+                     "must see the same data; the shipped supernet's are data/demo_train_tokens, RECIPE.md)")
     torch.set_num_threads(args.threads)  # process-wide: the entry point's decision (sized for 2 CPU cores)
     kwargs = {k: v for k, v in (("supernet", args.supernet), ("progressive", args.progressive)) if v}
-    run_finding(args.finding, Setup(quick=args.quick), args.out_root, **kwargs)
+    run_finding(args.finding, Setup(quick=args.quick, train_tokens_dir=args.train_tokens), args.out_root, **kwargs)
     return 0
 
 

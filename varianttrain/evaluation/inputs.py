@@ -142,6 +142,8 @@ def inspect_weights(role: str, path: Path, model_cfg: ModelSection, problems: li
                 return None
             facts = facts_from_export(metadata, f"export metadata {sidecar or path}")
             vqvae_hint = metadata.get("vqvae_checkpoint")
+            if vqvae_hint and not Path(vqvae_hint).is_absolute() and (path.parent / vqvae_hint).is_file():
+                vqvae_hint = str(path.parent / vqvae_hint)  # shipped exports name the tokenizer next to them
         else:
             training = isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)
             kind = "training checkpoint" if training else "state dict"
