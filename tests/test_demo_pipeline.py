@@ -28,7 +28,10 @@ from varianttrain.file_hash import sha256_file
 REPO = Path(__file__).resolve().parents[1]
 CKPT = REPO / "checkpoints" / "demo"
 TINY = {"per_class": 8, "per_class_val": 4}  # the default 8 train + 4 val shards
-RECIPES = ["tokenizer", "classifier", "var_pretrain", "supernet", "supernet_fixed_p0.1", "supernet_fixed_p1.0"]
+RECIPES = ["tokenizer", "classifier", "var_pretrain", "refiner_pretrain", "supernet", "supernet_fixed_p0.1",
+           "supernet_fixed_p1.0"]
+SHIPPED = {"vqvae.pth", "vqvae.json", "classifier.pt", "var_d12.pth", "var_d12.json", "supernet_d12.pth",
+           "supernet_d12.json", "refiner_d4.pth", "refiner_d4.json"}
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +51,26 @@ def test_shipped_checkpoints_match_sha256sums():
     assert (CKPT / SUMS_FILE).is_file() and (CKPT / "RECIPE.md").is_file()
     assert verify_sums(CKPT) == []
     listed = {line.split()[1] for line in (CKPT / SUMS_FILE).read_text().splitlines() if line.strip()}
-    assert {VQVAE_FILE, "vqvae.json", CLASSIFIER_FILE, var_file(CKPT).name, var_file(CKPT).with_suffix(".json").name} \
-        <= listed
+    assert listed == SHIPPED and {VQVAE_FILE, CLASSIFIER_FILE, var_file(CKPT).name} <= listed
     total = sum((CKPT / name).stat().st_size for name in listed)
-    assert total < 20 * 2**20, f"shipped demo models take {total / 2**20:.1f} MiB"
+    assert total <= 30e6, f"shipped demo models take {total / 1e6:.1f} MB (limit 30 MB)"
+
+
+def test_shipped_demo_has_seven_scales_and_a_matching_supernet_and_refiner():
+    from varianttrain.checkpoints import load_exported_var
+
+    models = load_demo_models(CKPT)
+    assert models.var.patch_nums == (1, 2, 3, 4, 5, 6, 8) and models.var.depth == 12
+    supernet, meta = load_exported_var(CKPT / "supernet_d12.pth")  # strict load
+    assert meta["task"] == "supernet" and meta["depth_choices"] == [6, 4, 2] and meta["bridge_scales"] == 4
+    # nested subsets: I_2 c I_4 c I_6 c {0..11}
+    subsets = [set(meta["layer_subsets"][str(d)]) for d in (2, 4, 6)]
+    assert subsets[0] < subsets[1] < subsets[2] < set(range(12))
+    refiner, rmeta = load_exported_var(CKPT / "refiner_d4.pth")
+    assert refiner.depth == 4 and refiner.patch_nums == models.var.patch_nums and refiner.V == models.var.V
+    # the official stochastic-depth rule the issue asks for: 0.1 * depth / 24
+    assert models.var_meta["var_config"]["drop_path_rate"] == pytest.approx(0.1 * 12 / 24)
+    assert rmeta["var_config"]["drop_path_rate"] == pytest.approx(0.1 * 4 / 24, abs=1e-3)
 
 
 def test_verify_sums_reports_a_modified_file(tmp_path):
@@ -94,7 +113,7 @@ def test_demo_data_generator_is_deterministic(tmp_path):
 
 def test_tokens_are_reused_and_match_the_tokenizer(tiny_demo):
     meta = json.loads((tiny_demo["tokens"] / "train" / "meta.json").read_text())
-    assert meta["num_samples"] == 160 and meta["seq_len"] == 30  # 80 images + their mirror images
+    assert meta["num_samples"] == 160 and meta["seq_len"] == 155  # 80 images + their mirror images, 7 scales
     source = json.loads((tiny_demo["tokens"] / "source.json").read_text())
     assert source["vqvae_sha256"] == sha256_file(CKPT / VQVAE_FILE)
     messages: list[str] = []
@@ -142,16 +161,25 @@ def test_demo_quick_end_to_end(tiny_demo, tmp_path, monkeypatch):
     # the two full models: each listed once, under every budget (the same samples at every budget)
     assert set(rows) == {"full", "full@supernet"}
     assert all(sorted(r["budgets"]) == sorted(f"d={d}" for d in summary["depths"]) for r in rows.values())
-    assert var_file(CKPT).name in rows["full"]["weights"] and "var_d8.pth" in rows["full@supernet"]["weights"]
+    assert var_file(CKPT).name in rows["full"]["weights"] and "supernet_d12.pth" in rows["full@supernet"]["weights"]
     listed = {(b, r["method"]) for r in summary["rows"] for b in r["budgets"]}
     for d in summary["depths"]:
-        assert {(f"d={d}", m) for m in ("variant", "depthvar", "stagevar", "fastvar", "earlyexit")} <= listed
+        assert {(f"d={d}", m) for m in ("variant", "depthvar", "stagevar", "fastvar", "earlyexit", "code")} <= listed
         report = json.loads((run_dir / "eval" / f"d{d}" / "report.json").read_text())
         weights = {r["row"]: r["weights"]["model"]["file"] for r in report["rows"]}
-        assert weights["depthvar"] == str(var_file(CKPT)) and weights["variant"] == summary["export"]
-        assert [s["method"] for s in report["skipped"]] == ["code"]  # no demo refiner is shipped
+        # training-free methods on the base model, VARiant on the shipped supernet (the short fine-tune is exported
+        # but not evaluated), CoDe with the shipped refiner
+        assert weights["depthvar"] == str(var_file(CKPT)) and weights["variant"] == str(CKPT / "supernet_d12.pth")
+        assert summary["evaluated_supernet"] == str(CKPT / "supernet_d12.pth") and Path(summary["export"]).is_file()
+        assert report["skipped"] == []
+        code = next(r for r in report["rows"] if r["method"] == "code")
+        assert code["weights"]["refiner"]["file"] == str(CKPT / "refiner_d4.pth")
+        assert all(c["model_s_rounds"] and c["speedup_model"] is not None for r in report["rows"] for c in r["cost"])
         markdown = (run_dir / "eval" / f"d{d}" / "report.md").read_text()
         assert "![Pareto plot](pareto.png)" in markdown and "![samples](grid.png)" in markdown
+    timing = summary["timing"]
+    assert 0.0 < timing["block_share"] < 1.0 and set(timing["variant"]) == set(summary["depths"])
+    assert isinstance(timing["target_met"], bool)
     ok_rows = [r for r in summary["rows"] if r["status"] == "ok"]
     assert all(r["fid"] is not None and r["class_accuracy"] is not None for r in ok_rows)
     again = run_demo(opts, log=lambda msg: None)  # a second run never touches the first one
@@ -193,3 +221,15 @@ def test_compare_needs_twice_the_noise():
     assert compare({"fid": 3.0}, {"fid": 4.01}, noise) == "better"
     assert compare({"fid": 3.0}, {"fid": 4.0}, noise) == "within noise"
     assert compare({"fid": 5.1}, {"fid": 4.0}, noise) == "worse"
+
+
+def test_per_flop_sentence_divides_the_fid_lost_by_the_flops_saved():
+    from varianttrain.demo.findings import Noise, per_flop_sentence
+
+    full = {"fid": 5.0, "gflops": 2.0}
+    zones = {"early": {"fid": 6.0, "gflops": 1.9}, "middle": {"fid": 5.5, "gflops": 1.5},
+             "late": {"fid": 6.0, "gflops": 1.0}}
+    text = per_flop_sentence(full, zones, Noise(fid=0.1, class_acc=0.0, rows=[]))
+    # 1.0 / 0.1 = 10 per GFLOP (band 0.2 / 0.1 = 2), 0.5 / 0.5 = 1 (0.4), 1.0 / 1.0 = 1 (0.2)
+    assert "early 10.0 ± 2.0, middle 1.0 ± 0.4, late 1.0 ± 0.2" in text
+    assert "the early scales lose the most per FLOP saved" in text

@@ -3,7 +3,7 @@ their noise, latency, report.
 
     python eval.py --depth 8 --mode depthvar                    # ImageNet 256, the released VAR-d30
     torchrun --nproc_per_node 8 eval.py --depth 8 --mode all    # + the VARiant supernet and CoDe's refiner
-    python eval.py --config demo/eval.yaml --supernet runs/demo/000/export/var_d8.pth --depth 4 --mode all
+    python eval.py --config demo/eval.yaml --depth 2 --mode all
     python eval.py --print-config --depth 8                     # the resolved config, nothing run
 
 Without --config the ImageNet-256 VAR-d30 defaults are used (configs/eval_d30.yaml); a --config that is not a path

@@ -7,7 +7,7 @@
   float32 models on load), verifies their SHA-256 sums, tokenises the demo images and measures the tokenizer.
 * `pipeline`: the README's main command (`python demo.py`): data -> checksums -> supernet fine-tune -> export ->
   eval.py --mode all with the demo classifier -> side-by-side table + Pareto plot.
-* `findings`: the papers' findings in miniature (`python -m varianttrain.demo.findings asymmetry|ratio|skipping`).
+* `findings`: the papers' findings in miniature (`python -m varianttrain.demo.findings asymmetry|ratio|methods`).
 * `class_accuracy`: demo-classifier accuracy of generated samples (does a sample show the requested class?).
 
 The demo's default files are named relative to the repository root (`REPO_ROOT`), so it runs from any directory.

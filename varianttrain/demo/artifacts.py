@@ -3,7 +3,7 @@
     python -m varianttrain.demo.artifacts tokenizer runs/demo_tokenizer/000      # -> checkpoints/demo/vqvae.{pth,json}
     python -m varianttrain.demo.artifacts tokens                                # -> data/demo_tokens/{train,val}
     python -m varianttrain.demo.artifacts classifier runs/demo_classifier/000   # -> checkpoints/demo/classifier.pt
-    python -m varianttrain.demo.artifacts var runs/demo_var_pretrain/000        # -> checkpoints/demo/var_d8.{pth,json}
+    python -m varianttrain.demo.artifacts var runs/demo_var_pretrain/000 [--name supernet_d12]  # -> var_d12.{pth,json}
     python -m varianttrain.demo.artifacts sums | verify | report
 
 Storage: every floating-point tensor is stored as float16 (the three models fit in a few MB); loading copies them

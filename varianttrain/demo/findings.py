@@ -367,11 +367,30 @@ def asymmetry(out: Path, setup: Setup, **_: Any) -> tuple[str, dict[str, Any]]:
     else:
         verdict = (f"**Does not reproduce (within noise).** Early {loss_early:+.2f} FID, last scale {loss_late:+.2f}; "
                    f"the gap {gap:.2f} is within twice the noise ({2 * noise.fid:.2f}).")
+    verdict += " " + per_flop_sentence(full, {z: by[z] for z in ("early", "middle", "late")}, noise)
     md = "\n".join([table(rows, ["half depth at", "scales", "tokens"]), "", noise.line(), "", verdict])
     plot = _plot(out / "asymmetry.png", f"scale-depth asymmetry: depth-{D} demo VAR, blocks {list(half)} at one zone",
                  _panels(rows, lambda r: r["half depth at"], lambda r: "", [FID_AXIS, ACC_AXIS]), "GFLOPs per image")
     return md, {"rows": rows, "half_blocks": list(half), "plot": str(plot), "noise": dataclasses.asdict(noise),
                 "verdict": verdict, "reproduces": gap > 2 * noise.fid}
+
+
+def per_flop_sentence(full: dict[str, Any], zones: dict[str, dict[str, Any]], noise: Noise) -> str:
+    """FID lost per GFLOP saved at each zone, with its noise band (2 s.d. of FID over the GFLOPs saved): the zones
+    save different amounts of compute, and the paper's argument is about where depth buys the most quality."""
+    saved = {z: full["gflops"] - r["gflops"] for z, r in zones.items()}
+    rate = {z: ((r["fid"] - full["fid"]) / saved[z], 2 * noise.fid / saved[z]) for z, r in zones.items()}
+    parts = ", ".join(f"{z} {v:.1f} ± {band:.1f}" for z, (v, band) in rate.items())
+    (e, eb), (late, lb) = rate["early"], rate["late"]
+    if e - late > eb + lb:
+        said = "the early scales lose the most per FLOP saved, beyond the noise, as the paper says"
+    elif late - e > eb + lb:
+        said = "the last scale loses more per FLOP saved than the early ones, beyond the noise"
+    else:
+        said = "early and last scale are within noise of each other"
+    cheapest = min(rate, key=lambda z: rate[z][0])
+    return (f"Per GFLOP saved (demo FID lost / GFLOPs saved per image, ± twice the noise): {parts}; {said}; the "
+            f"{cheapest} zone is where depth is cheapest to cut.")
 
 
 def ratio(out: Path, setup: Setup, progressive: str | None = None, **_: Any) -> tuple[str, dict[str, Any]]:
