@@ -180,9 +180,9 @@ def evaluate(opts: DemoOptions, export: Path, ref_stats: Path, depths: Sequence[
     """eval.py --mode all at every depth budget (one stage each); returns {depth: report}.
 
     The same rule as on ImageNet: full and the training-free methods run on the shipped pre-trained VAR (the
-    "released" model of the demo), `variant` on the fine-tuned supernet, and both full models are rows. CoDe runs
-    when the demo ships a refiner (`refiner_d<D>.pth` next to the VAR) or one is configured
-    (``--eval-set model.refiner=...``); otherwise the report says it was left out.
+    "released" model of the demo), `variant` on the supernet, and both full models are rows. CoDe runs with the
+    shipped refiner (`refiner_d<D>.pth` next to the VAR) or one given with ``--eval-set model.refiner=...``; with
+    neither, the report says it was left out.
     """
     from varianttrain.demo.artifacts import CLASSIFIER_FILE, VQVAE_FILE, var_file
     from varianttrain.evaluation.runner import build_config
@@ -196,7 +196,7 @@ def evaluate(opts: DemoOptions, export: Path, ref_stats: Path, depths: Sequence[
                      f"budget.depth={d}", f"out_dir={run_dir / 'eval'}", f"metrics.ref_stats={ref_stats}",
                      "metrics.ref_folder=null", f"metrics.demo_classifier={ckpt / CLASSIFIER_FILE}"]
         refiners = sorted(ckpt.glob("refiner_d*.pth"))  # CoDe's refiner, when the demo ships one
-        overrides += [f"model.refiner={refiners[0]}"] if len(refiners) == 1 else []
+        overrides += [f"model.refiner={refiners[0]}" if len(refiners) == 1 else "model.refiner=null"]
         overrides += (QUICK_EVAL if opts.quick else []) + list(opts.eval_overrides)
         report = eval_run(build_config(EVAL_CONFIG, overrides))
         if report is None:
@@ -305,7 +305,8 @@ def timing_figures(opts: DemoOptions, reports: dict[int, dict[str, Any]], depths
                 "sampling_protocol"]), batch, repeats=1 if opts.quick else 3)
         figures.update(block_share=share, batch=batch)
         lines.append(f"Transformer blocks: {100 * share:.0f} % of the full model's model-only sampling time at batch "
-                     f"{batch} (the rest, the head, the token sampling and the Python around them, no method skips).")
+                     f"{batch}; the rest (the output head, top-p filtering and token draws, the Python around them) is "
+                     "the same for every method, so it caps the measured speedups below the FLOP speedups.")
     for d in sorted(depths, reverse=True):
         row = next((r for r in reports[d]["rows"] if r["method"] == "variant"), None)
         c = headline_cost(row) if row else None
@@ -372,9 +373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:  # its own small data set: tokenising the full one alone takes longer than a minute
         opts = replace(opts, data_dir=QUICK_DATA, tokens_dir=QUICK_TOKENS, per_class=QUICK_PER_CLASS[0],
                        per_class_val=QUICK_PER_CLASS[1])
+    from varianttrain.evaluation.inputs import EvalInputError
+
     try:
         run_demo(opts)
-    except (DemoError, FileNotFoundError, FileExistsError) as err:
+    except (DemoError, EvalInputError, FileNotFoundError, FileExistsError) as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
     return 0
