@@ -476,7 +476,8 @@ def methods(out: Path, setup: Setup, supernet: str | None = None, **_: Any) -> t
     subsets = {int(d): tuple(v) for d, v in meta["layer_subsets"].items()}
     log("[findings] methods: full model (pre-trained)")
     rows = [{"budget": f"D = {D}", "method": "full model (pre-trained VAR)", "flop_ratio": 1.0, **ev(pretrained, None)}]
-    for d in meta["depth_choices"]:
+    depths = [min(meta["depth_choices"])] if setup.quick else list(meta["depth_choices"])  # smoke: one budget
+    for d in depths:
         budget = DepthBudget(D, pretrained.patch_nums, d, bridge_scales=meta["bridge_scales"],
                              depth_choices=tuple(meta["depth_choices"]), layer_subsets=subsets)
         entries = [("VARiant subnet (supernet-trained)", var_sn, "variant", {})]
@@ -490,7 +491,7 @@ def methods(out: Path, setup: Setup, supernet: str | None = None, **_: Any) -> t
     noise = seed_noise(ev, pretrained, rows[0], log)
     _speedups(rows, rows[0]["gflops"])
     said = []
-    for d in meta["depth_choices"]:
+    for d in depths:
         at = {r["method"]: r for r in rows if r["budget"] == f"d = {d}"}
         ours = at["VARiant subnet (supernet-trained)"]
         words = [f"{label.split(' (')[0]}: {compare(ours, r, noise)}" for label, r in at.items() if r is not ours
