@@ -1,8 +1,8 @@
 """Interleaved cost rounds and paired speedups (varianttrain.evaluation.cost / report)."""
 
 import pytest
-
 from conftest import random_tiny_var, tiny_vqvae
+
 from varianttrain.evaluation.cost import TimedMethod, block_time_share, measure_costs
 from varianttrain.evaluation.report import add_speedups, paired_speedup
 from varianttrain.sampling.config import SamplingConfig
