@@ -68,7 +68,7 @@ def test_shipped_demo_has_seven_scales_and_a_matching_supernet_and_refiner():
     assert subsets[0] < subsets[1] < subsets[2] < set(range(12))
     refiner, rmeta = load_exported_var(CKPT / "refiner_d4.pth")
     assert refiner.depth == 4 and refiner.patch_nums == models.var.patch_nums and refiner.V == models.var.V
-    # the official stochastic-depth rule the issue asks for: 0.1 * depth / 24
+    # the official stochastic-depth rule, 0.1 * depth / 24, so that skipping layers is meaningful
     assert models.var_meta["var_config"]["drop_path_rate"] == pytest.approx(0.1 * 12 / 24)
     assert rmeta["var_config"]["drop_path_rate"] == pytest.approx(0.1 * 4 / 24, abs=1e-3)
 
