@@ -214,7 +214,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
     from varianttrain.export import export_checkpoint
     from varianttrain.training.runner import new_run_dir
 
-    depths = tuple(opts.depths or planned_depths(opts))
+    # --quick: the smallest budget only (every stage still runs once; three budgets would take it past a minute)
+    depths = tuple(opts.depths or ((min(planned_depths(opts)),) if opts.quick else planned_depths(opts)))
     stages = Stages(5 + len(depths))
     run_dir = new_run_dir(opts.out_root, "demo")  # atomic: a previous demo run is never touched
     threads = torch.get_num_threads()
