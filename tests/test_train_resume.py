@@ -221,3 +221,25 @@ def test_config_names_resolve_against_configs_and_print(tmp_path):
     assert "task: supernet" in proc.stdout and "bridge_scales" in proc.stdout
     proc = run_train(["--config", "no_such.yaml"], cwd=tmp_path)
     assert proc.returncode == 2 and "available:" in proc.stderr and "supernet_d30.yaml" in proc.stderr
+
+
+def test_resume_names_the_config_file_values_it_does_not_use(tmp_path, caplog):
+    """`--config FILE --resume RUN` trains with the run's saved config: an edited value of FILE is named, not lost."""
+    import logging
+
+    from varianttrain.training.runner import resolve_run_config
+
+    run_dir = tmp_path / "runs" / "smoke" / "000"
+    run_dir.mkdir(parents=True)
+    text = SMOKE_CONFIG.read_text()
+    (run_dir / "config.yaml").write_text(text)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(text.replace("  max_steps: 16", "  max_steps: 99"))
+    with caplog.at_level(logging.WARNING, logger="varianttrain.training.runner"):
+        _, cfg, found = resolve_run_config(edited, [], str(run_dir))
+    assert found == run_dir and cfg.trainer.max_steps == 16  # the saved config wins
+    assert "trainer.max_steps (run: 16, file: 99)" in caplog.text and "--set" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="varianttrain.training.runner"):
+        resolve_run_config(SMOKE_CONFIG, [], str(run_dir))  # the same file: nothing to say
+    assert "not used" not in caplog.text

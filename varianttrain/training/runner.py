@@ -185,6 +185,28 @@ def _resolve_resume(config_path: str | None, resume: str | bool, overrides: Sequ
     return latest_run_dir(cfg.run.root, cfg.run.name), list(overrides)
 
 
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def _warn_config_file_ignored(config_path: str | Path, run_dir: Path, cfg: Any, overrides: Sequence[str],
+                              tasks: TaskTable) -> None:
+    """A resumed run trains with its saved config (+ --set): say which values of the --config file that means
+    ignoring, so an edit of the file (say trainer.max_steps) is not silently lost."""
+    try:
+        _, given = load_run_config(config_path, overrides, tasks)
+    except (ConfigError, FileNotFoundError):
+        return  # the file only located the run; its problems are not this run's
+    saved, wanted = _flat(to_dict(cfg)), _flat(to_dict(given))
+    differ = [f"{k} (run: {saved[k]!r}, file: {wanted[k]!r})" for k in sorted(saved)
+              if k in wanted and saved[k] != wanted[k] and not k.startswith("run.")]
+    if differ:
+        log.warning("--resume trains with the run's saved config %s; these values of %s are not used: %s. Pass a "
+                    "change with --set KEY=VALUE", run_dir / CONFIG_FILE, config_path, "; ".join(differ))
+
+
 def resolve_run_config(config_path: str | Path | None, overrides: Sequence[str] = (), resume: str | bool = False,
                        tasks: TaskTable = SUPERNET_TASKS) -> tuple[TaskSpec, Any, Path | None]:
     """(task spec, typed config, run directory being resumed or None) of what `run` with these arguments trains.
@@ -194,6 +216,8 @@ def resolve_run_config(config_path: str | Path | None, overrides: Sequence[str] 
     if resume:
         run_dir, overrides = _resolve_resume(config_path, resume, overrides, tasks)
         spec, cfg = load_run_config(run_dir / CONFIG_FILE, overrides, tasks)
+        if config_path is not None:
+            _warn_config_file_ignored(config_path, run_dir, cfg, overrides, tasks)
         return spec, cfg, run_dir
     if config_path is None:
         raise ConfigError("--config is required")
