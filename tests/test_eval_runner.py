@@ -141,6 +141,23 @@ def test_both_full_models_are_rows_and_code_runs_with_a_refiner(tmp_path):
         "full@supernet"
 
 
+def test_cost_only_times_a_second_full_row_as_the_first(tmp_path):
+    """full@supernet runs the same network as full: it is not timed again and takes full's cost entries (also in a
+    cost-only run, where no row was sampled and the FLOPs come from the timing)."""
+    from conftest import random_tiny_var, tiny_vqvae
+
+    for name, seed in (("base", 0), ("supernet", 1)):
+        torch.save(random_tiny_var(4, PATCH_NUMS, 32, seed=seed).state_dict(), tmp_path / f"{name}.pth")
+    torch.save(tiny_vqvae(PATCH_NUMS, 32).state_dict(), tmp_path / "vqvae.pth")
+    cfg = build_config(TINY_CONFIG, [f"model.{n}={tmp_path / n}.pth" for n in ("base", "supernet", "vqvae")]
+                       + [f"out_dir={tmp_path / 'out'}", "cost_only=true", "methods=[full,variant]",
+                          "cost.repeats=2", "cost.warmup=0", "cost.batch_sizes=[2]"])
+    rows = {r["row"]: r for r in run(cfg, log=lambda msg: None)["rows"]}
+    full, second = rows["full"]["cost"][0], rows["full@supernet"]["cost"][0]
+    assert second["timed_as"] == "full" and second["model_s_rounds"] == full["model_s_rounds"]
+    assert rows["full@supernet"]["flops_per_image"] == rows["full"]["flops_per_image"] > 0
+
+
 # --------------------------------------------------------------------------------------------------------- resume
 class SimulatedKill(Exception):
     """Stands in for SIGKILL / Ctrl-C in the middle of a run."""

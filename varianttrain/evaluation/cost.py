@@ -213,15 +213,6 @@ def _row(entry: TimedMethod, vqvae: torch.nn.Module, labels: torch.Tensor, devic
         model_s_rounds=list(model_t), e2e_s_rounds=list(e2e_t))
 
 
-def measure_cost(var: VAR, vqvae: torch.nn.Module, method: SamplingMethod, sampling: SamplingConfig,
-                 batch_sizes: Sequence[int] = (1, 16, 64), warmup: int = 3, repeats: int = 10,
-                 device: torch.device | str = "cpu", seed: int = 0,
-                 extra_models: Sequence[torch.nn.Module] = ()) -> list[CostRow]:
-    """`measure_costs` of a single method."""
-    entry = TimedMethod(getattr(method, "name", "?"), var, method, extra_models)
-    return measure_costs([entry], vqvae, sampling, batch_sizes, warmup, repeats, device, seed)[entry.name]
-
-
 def block_time_share(var: VAR, vqvae: torch.nn.Module, sampling: SamplingConfig, batch_size: int, repeats: int = 3,
                      device: torch.device | str = "cpu", seed: int = 0) -> float:
     """Fraction of the full model's model-only sampling time spent inside its transformer blocks.

@@ -515,8 +515,8 @@ def _add_costs(cfg: EvalConfig, results: list[dict[str, Any]], rows: Sequence[Ro
     for result in results:
         timed = same_as.get(result["row"], result["row"])
         result["cost"] = [dict(c.to_dict(), method=result["method"], timed_as=timed) for c in costs[timed]]
-        if result.get("flops_per_image") is None and costs[result["row"]]:
-            result["flops_per_image"] = costs[result["row"]][-1].flops_per_image
+        if result.get("flops_per_image") is None and costs[timed]:
+            result["flops_per_image"] = costs[timed][-1].flops_per_image
 
 
 def _input_files(cfg: EvalConfig, fingerprints: dict[str, dict[str, Any]]) -> dict[str, Any]:
