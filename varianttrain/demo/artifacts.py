@@ -42,6 +42,16 @@ def var_file(ckpt_dir: str | Path = DEMO_CHECKPOINTS) -> Path:
     return found[0]
 
 
+def supernet_file(ckpt_dir: str | Path = DEMO_CHECKPOINTS) -> Path:
+    """The shipped supernet export (`supernet_d<D>.pth`: configs/demo/supernet.yaml run to the end)."""
+    found = sorted(Path(ckpt_dir).glob("supernet_d*.pth"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one supernet_d*.pth in {ckpt_dir}, found {[p.name for p in found]}; "
+                                f"restore it (git checkout -- {ckpt_dir}), rebuild it (checkpoints/demo/RECIPE.md) "
+                                "or train your own: python demo.py --full-finetune")
+    return found[0]
+
+
 # ------------------------------------------------------------------------------------------------ storage / sums
 def half_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """float16 copies of the floating-point tensors (integer buffers unchanged), contiguous, on the CPU."""
@@ -395,5 +405,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["DemoModels", "half_state", "load_demo_models", "measure_classifier", "measure_tokenizer",
-           "run_checkpoint", "ship_classifier", "ship_tokenizer", "ship_var", "tokenize_demo",
+           "run_checkpoint", "ship_classifier", "ship_tokenizer", "ship_var", "supernet_file", "tokenize_demo",
            "verify_sums", "write_sums"]

@@ -165,27 +165,17 @@ def train_supernet(config: str | Path, run_root: Path, name: str, setup: Setup) 
     return next(p for p in paths if p.suffix == ".pth")
 
 
-def shipped_supernet(ckpt_dir: str | Path) -> Path:
-    """The shipped supernet export (`supernet_d<D>.pth`: configs/demo/supernet.yaml run to the end)."""
-    found = sorted(Path(ckpt_dir).glob("supernet_d*.pth"))
-    if len(found) != 1:
-        raise FileNotFoundError(f"expected one supernet_d*.pth in {ckpt_dir}, found {[p.name for p in found]}; "
-                                "restore it (git checkout -- checkpoints/demo) or pass an export")
-    return found[0]
-
-
 @torch.inference_mode()
-def held_out_losses(var: Any, meta: dict[str, Any], setup: Setup, batch: int = 100) -> dict[int, float]:
-    """Teacher-forced token cross-entropy on the held-out demo tokens, {depth: loss} for the full network (D) and
-    every subnet of `meta` (the same figure as training's `val/<full|d..>/loss`, computed the same way for a run
-    trained here and for a shipped export)."""
-    from varianttrain.checkpoints import load_exported_vqvae
+def held_out_losses(var: Any, meta: dict[str, Any], vqvae: Any, tokens_dir: Path, batch: int = 100
+                    ) -> dict[int, float]:
+    """Teacher-forced token cross-entropy on the held-out tokens `tokens_dir/val`, {depth: loss} for the full network
+    (D) and every subnet of `meta` (the same figure as training's `val/<full|d..>/loss`, computed the same way for a
+    run trained here and for a shipped export); `vqvae` turns the indices into the teacher-forcing input."""
     from varianttrain.data.datamodule import IndexDataset
     from varianttrain.losses import token_cross_entropy
     from varianttrain.models.depth_plan import DepthPlan
 
-    data = IndexDataset(setup.fine_tune_tokens / "val", key="held-out demo tokens")
-    vqvae = load_exported_vqvae(Path(setup.ckpt_dir) / "vqvae.pth").float()
+    data = IndexDataset(tokens_dir / "val", key="held-out demo tokens")
     D, pns = var.depth, var.patch_nums
     plans = {D: DepthPlan.full(D, pns)}
     for d, subset in (meta.get("layer_subsets") or {}).items():
@@ -399,6 +389,10 @@ def ratio(out: Path, setup: Setup, progressive: str | None = None, **_: Any) -> 
 
     log = setup.log
     ev, pretrained = make_evaluator(setup)
+
+    def losses_of(var: Any, meta: dict[str, Any]) -> dict[int, float]:
+        return held_out_losses(var, meta, ev.vqvae, setup.fine_tune_tokens)
+
     models: dict[str, tuple[Any, dict[str, Any], dict[str, float]]] = {"pre-trained (no fine-tune)": (
         pretrained, {"depth_choices": [pretrained.depth // 2, pretrained.depth // 4], "bridge_scales": 2,
                      "layer_subsets": None}, {})}
@@ -407,14 +401,14 @@ def ratio(out: Path, setup: Setup, progressive: str | None = None, **_: Any) -> 
             log(f"[findings] ratio: {label} = {progressive} (given; it must come from the same recipe, steps and "
                 f"tokens, {setup.fine_tune_tokens}, as the fixed-ratio runs trained here)")
             var, meta = load_exported_var(progressive)
-            models[label] = (var, meta, held_out_losses(var, meta, setup))
+            models[label] = (var, meta, losses_of(var, meta))
             continue
         export = train_supernet(config, out, run_name, setup)
         var, meta = load_exported_var(export)
-        models[label] = (var, meta, held_out_losses(var, meta, setup))
+        models[label] = (var, meta, losses_of(var, meta))
     ref_meta = models[next(iter(RATIO_CONFIGS))][1]
     first = next(iter(models))  # the pre-trained VAR: its losses under the same subnet plans (naive skipping)
-    models[first] = (pretrained, models[first][1], held_out_losses(pretrained, ref_meta, setup))
+    models[first] = (pretrained, models[first][1], losses_of(pretrained, ref_meta))
     rows = []
     D = pretrained.depth
     for label, (var, _meta, losses) in models.items():
@@ -462,13 +456,14 @@ TRAINING_FREE = (("DepthVAR (training-free)", "depthvar"), ("StageVAR (training-
 def methods(out: Path, setup: Setup, supernet: str | None = None, **_: Any) -> tuple[str, dict[str, Any]]:
     """VARiant subnet vs every training-free method on the pre-trained VAR, at the FLOPs of each depth budget."""
     from varianttrain.checkpoints import load_exported_var as load
+    from varianttrain.demo.artifacts import supernet_file
     from varianttrain.methods.budget import DepthBudget
     from varianttrain.methods.registry import get_method
     from varianttrain.methods.spec import MethodOptions
 
     log = setup.log
     ev, pretrained = make_evaluator(setup)
-    export = Path(supernet) if supernet else shipped_supernet(setup.ckpt_dir)
+    export = Path(supernet) if supernet else supernet_file(setup.ckpt_dir)
     var_sn, meta = load(export)
     refiners = sorted(Path(setup.ckpt_dir).glob("refiner_d*.pth"))
     refiner = load(refiners[0])[0] if refiners else None
@@ -490,17 +485,15 @@ def methods(out: Path, setup: Setup, supernet: str | None = None, **_: Any) -> t
                          **ev(var, method)})
     noise = seed_noise(ev, pretrained, rows[0], log)
     _speedups(rows, rows[0]["gflops"])
-    said = []
-    for d in depths:
+    said, lost = [], []
+    for d in depths:  # VARiant against every method of its budget (the DepthVAR settings are sensitivity rows)
         at = {r["method"]: r for r in rows if r["budget"] == f"d = {d}"}
         ours = at["VARiant subnet (supernet-trained)"]
-        words = [f"{label.split(' (')[0]}: {compare(ours, r, noise)}" for label, r in at.items() if r is not ours
-                 and not label.startswith("DepthVAR,")]
-        said.append(f"d = {d}: VARiant vs " + ", ".join(words))
-    lost = [r["method"] for r in rows if r["budget"] != f"D = {D}" and r["method"] != "VARiant subnet "
-            "(supernet-trained)" and not r["method"].startswith("DepthVAR,")
-            and compare(next(x for x in rows if x["budget"] == r["budget"] and x["method"].startswith("VARiant")),
-                        r, noise) == "worse"]
+        verdicts = {label: compare(ours, r, noise) for label, r in at.items()
+                    if r is not ours and not label.startswith("DepthVAR,")}
+        lost += [label for label, v in verdicts.items() if v == "worse"]
+        said.append(f"d = {d}: VARiant vs " + ", ".join(f"{label.split(' (')[0]}: {v}"
+                                                        for label, v in verdicts.items()))
     verdict = ("**Reproduces.** " if not lost else "**Does not fully reproduce.** ") + (
         "The paper: at equal FLOPs the supernet-trained subnet beats the training-free methods on the released "
         "model. Here (better / worse = VARiant's demo FID beyond twice the noise): " + "; ".join(said) + "."

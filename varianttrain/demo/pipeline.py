@@ -239,6 +239,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
     export = next(p for p in paths if p.suffix == ".pth")
     meta = json.loads(export.with_suffix(".json").read_text())
     log(f"[demo] {export}: depth {meta['depth']}, subnets {meta['layer_subsets']}, bridge N = {meta['bridge_scales']}")
+    from varianttrain.demo.artifacts import supernet_file
+
     evaluated = export if opts.full_finetune else supernet_file(opts.ckpt_dir)
     if evaluated != export:
         log(f"[demo] evaluating the shipped supernet {evaluated} (the same recipe run to the end); "
@@ -326,15 +328,6 @@ def timing_figures(opts: DemoOptions, reports: dict[int, dict[str, Any]], depths
                      f"{c['speedup_model']:.2f}x ({ratio:.2f} of it){verdict}, end-to-end {c.get('speedup') or 0:.2f}x "
                      "(the VQVAE decoder is not accelerated).")
     return {"figures": figures, "lines": lines}
-
-
-def supernet_file(ckpt_dir: str | Path) -> Path:
-    """The shipped supernet export (`supernet_d<D>.pth`, the supernet recipe run to the end)."""
-    found = sorted(Path(ckpt_dir).glob("supernet_d*.pth"))
-    if len(found) != 1:
-        raise DemoError(f"expected one supernet_d*.pth in {ckpt_dir}, found {[p.name for p in found]}; restore it "
-                        f"(git checkout -- {ckpt_dir}) or run python demo.py --full-finetune")
-    return found[0]
 
 
 def var_file_name(opts: DemoOptions) -> str:
