@@ -173,16 +173,16 @@ def build_trainer(cfg: Any, spec: TaskSpec, run_dir: Path, derived: Derived,
 
 
 def _resolve_resume(config_path: str | None, resume: str | bool, overrides: Sequence[str],
-                    tasks: TaskTable) -> tuple[Path, list[str]]:
+                    tasks: TaskTable) -> Path:
     if isinstance(resume, str) and resume:
         run_dir = Path(resume)
         if not (run_dir / CONFIG_FILE).is_file():
             raise CheckpointError(f"--resume {run_dir}: not a run directory (no {CONFIG_FILE})")
-        return run_dir, list(overrides)
+        return run_dir
     if config_path is None:
         raise ConfigError("--resume without a run directory needs --config to find the run (run.root/run.name)")
     _, cfg = load_run_config(config_path, overrides, tasks)
-    return latest_run_dir(cfg.run.root, cfg.run.name), list(overrides)
+    return latest_run_dir(cfg.run.root, cfg.run.name)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -214,7 +214,7 @@ def resolve_run_config(config_path: str | Path | None, overrides: Sequence[str] 
     Raises ConfigError / CheckpointError / FileNotFoundError for a bad config or a missing run.
     """
     if resume:
-        run_dir, overrides = _resolve_resume(config_path, resume, overrides, tasks)
+        run_dir = _resolve_resume(config_path, resume, overrides, tasks)
         spec, cfg = load_run_config(run_dir / CONFIG_FILE, overrides, tasks)
         if config_path is not None:
             _warn_config_file_ignored(config_path, run_dir, cfg, overrides, tasks)
