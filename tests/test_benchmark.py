@@ -61,20 +61,25 @@ def test_sampling_counts_what_each_method_declares():
 
 def test_rounds_are_interleaved_with_a_rotating_order():
     calls = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    fns = {name: (lambda name=name: calls.append(name) or len(calls)) for name in "abc"}
     times = benchmark.time_interleaved(fns, torch.device("cpu"), warmup=1, rounds=4)
     assert "".join(calls) == "abc" + "abc" + "bca" + "cab" + "abc"
     assert all(len(t.wall_s) == len(t.cpu_s) == 4 for t in times.values())
+    assert {name: t.last for name, t in times.items()} == {"a": 13, "b": 14, "c": 15}  # the last round's returns
     with pytest.raises(ValueError, match="--repeats"):
         benchmark.time_interleaved(fns, torch.device("cpu"), warmup=0, rounds=0)
 
 
-def test_main_times_the_chosen_budgets_with_the_floor(tmp_path):
+def test_main_times_the_chosen_budgets_with_the_floor(tmp_path, monkeypatch):
     out = tmp_path / "s.json"
+    calls = []
+    real_generate = benchmark.generate
+    monkeypatch.setattr(benchmark, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
     result = benchmark.main(["--preset", "tiny", "--device", "cpu", "--no-train", "--batch", "1", "--methods",
                              "variant", "--depths", "2", "--repeats", "2", "--warmup", "0", "--no-op-count",
                              "--out", str(out)])
     assert [r["name"] for r in result["rows"]] == ["full", benchmark.BRIDGE_ONLY, "variant-d2"]
+    assert len(calls) == 3 * 2  # without op counts on a CPU, the FLOP check reuses the timed calls' outputs
     assert all(len(r["ms_rounds"]) == 2 and r["ops"] is None for r in result["rows"])
     assert [b["batch"] for b in result["bridge"]] == [1] and result["rounds"] == 2
     assert json.loads(out.read_text())["command"].endswith(f"--out {out}")
