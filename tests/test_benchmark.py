@@ -80,6 +80,11 @@ def test_main_times_the_chosen_budgets_with_the_floor(tmp_path, monkeypatch):
                              "--out", str(out)])
     assert [r["name"] for r in result["rows"]] == ["full", benchmark.BRIDGE_ONLY, "variant-d2"]
     assert len(calls) == 3 * 2  # without op counts on a CPU, the FLOP check reuses the timed calls' outputs
+    # tiny preset: 7 scales, 8 blocks of width 128 with 4 heads, bridge 4: full 7*8 block calls, bridge-only 4*8,
+    # VARiant d2 4*8 + 3*2; each reads 12 C^2 weights + 8 C biases + H attention scales, float32
+    assert [r["block_calls"] for r in result["rows"]] == [56, 32, 38]
+    per_call = (12 * 128 * 128 + 8 * 128 + 4) * 4
+    assert [r["block_weight_gb"] for r in result["rows"]] == pytest.approx([n * per_call / 1e9 for n in (56, 32, 38)])
     assert all(len(r["ms_rounds"]) == 2 and r["ops"] is None for r in result["rows"])
     assert [b["batch"] for b in result["bridge"]] == [1] and result["rounds"] == 2
     assert json.loads(out.read_text())["command"].endswith(f"--out {out}")

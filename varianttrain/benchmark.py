@@ -96,6 +96,8 @@ class Row:
     cpu_ms: float | None = None  # median process CPU time (all threads)
     ms_rounds: list[float] = field(default_factory=list)  # every timed round, wall clock
     ops: dict | None = None  # operator calls of one call (`op_counts.OpCounts`)
+    block_calls: int | None = None  # sampling: transformer-block calls per sampling call, whatever the batch
+    block_weight_gb: float | None = None  # sampling: block weights read per sampling call (one read per block call)
     mfu: float | None = None
     peak_mem_gb: float | None = None
     kv_cache_gb: float | None = None
@@ -233,6 +235,14 @@ def sampling_methods(var: VAR, preset: Preset, rule: str, names: list[str],
     return methods
 
 
+def block_weight_bytes(var: VAR) -> int:
+    """Bytes of one block's weights that a block call reads: attention and MLP (the AdaLN projections are
+    computed once per sampling call, `BlockModulations`). A block call on 2 rows reads as many as on 500: at batch 1
+    these reads, not the FLOPs, set a block call's time."""
+    block = var.blocks[0]
+    return sum(p.numel() * p.element_size() for m in (block.attn, block.ffn) for p in m.parameters())
+
+
 def _zone_block_flops(stats, bridge_scales: int) -> tuple[int, int]:
     """Transformer-block FLOPs of the bridge scales and of the scales after them."""
     bridge = sum(_block_flops(s.flops) for s in stats[:bridge_scales])
@@ -288,10 +298,12 @@ def bench_sampling(var: VAR, vqvae: VQVAE, methods: dict[str, SamplingMethod], b
                          + (full_time - bridge_time) * zones[1] / full_zones[1])
             expected = full_time / predicted
         tflops = out.flops / seconds / 1e12
+        calls = sum(s.block_calls for s in out.stats)
         rows.append(Row("sample", name, batch, seconds * 1e3, batch / seconds, out.flops / batch, tflops,
                         ideal_speedup=full_blocks / blocks, measured_speedup=full_time / seconds,
                         expected_speedup=expected, cpu_ms=times[name].cpu_median * 1e3,
                         ms_rounds=[t * 1e3 for t in times[name].wall_s], ops=ops.get(name),
+                        block_calls=calls, block_weight_gb=calls * block_weight_bytes(var) / 1e9,
                         mfu=tflops / peak_tflops if peak_tflops else None, peak_mem_gb=peaks[name],
                         kv_cache_gb=out.kv_cache_bytes / 2**30))
     return rows
@@ -431,13 +443,15 @@ def format_table(rows: list[Row]) -> str:
     sample = [r for r in rows if r.kind == "sample"]
     if sample:
         lines = ["| plan | batch | ms | ± | CPU ms | img/s | TFLOP/s | ideal | expected | measured | "
-                 "measured/ideal | measured/expected | ops | aten calls | syncs | KV GB |", "|" + "---|" * 16]
+                 "measured/ideal | measured/expected | block calls | weights GB read | ops | aten calls | syncs | "
+                 "KV GB |", "|" + "---|" * 18]
         for r in sample:
             ops = r.ops or {}
             expected = "-" if r.expected_speedup is None else f"{r.measured_speedup / r.expected_speedup:.2f}"
             lines.append(f"| {r.name} | {r.batch} | {r.ms:.1f} | {_spread(r)} | {r.cpu_ms:.0f} | {r.per_s:,.2f} | "
                          f"{r.tflops:.3f} | {_x(r.ideal_speedup)} | {_x(r.expected_speedup)} | "
                          f"{_x(r.measured_speedup)} | {r.measured_speedup / r.ideal_speedup:.2f} | {expected} | "
+                         f"{r.block_calls} | {r.block_weight_gb:.2f} | "
                          f"{ops.get('ops', '-')} | {ops.get('aten_calls', '-')} | {ops.get('host_syncs', '-')} | "
                          f"{'-' if r.kv_cache_gb is None else f'{r.kv_cache_gb:.3f}'} |")
         parts.append("\n".join(lines))
